@@ -1,0 +1,179 @@
+"""Typed run configuration, loaded from YAML.
+
+Every section forbids unknown keys so that a typo is an error that names the key and the
+keys that are allowed, instead of a setting silently ignored on a cluster hours later.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, key and allowed values."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AdaptiveConfig(Section):
+    minimum: int = Field(0, ge=0)
+    maximum: int = Field(4, ge=1)
+
+
+class ClusterConfig(Section):
+    """Where Dask workers run: a LocalCluster on this machine, or batch jobs through dask-jobqueue."""
+
+    kind: Literal["local", "slurm", "pbs", "sge", "lsf", "htcondor"] = "local"
+    n_workers: int = Field(2, ge=1, description="local: worker processes; batch: worker jobs to start")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = Field("4GiB", description="local: memory per worker")
+    dashboard_address: str = "127.0.0.1:0"
+    cores: int = Field(1, ge=1, description="batch: cores per job")
+    processes: int = Field(1, ge=1, description="batch: Dask worker processes per job")
+    memory: str = Field("4GiB", description="batch: memory per job")
+    walltime: str = "01:00:00"
+    queue: str | None = None
+    account: str | None = None
+    job_extra_directives: list[str] = Field(default_factory=list)
+    job_script_prologue: list[str] = Field(default_factory=list)
+    interface: str | None = None
+    log_directory: str | None = Field(None, description="batch: job logs; default WORKDIR/logs/jobs")
+    gpus_per_worker: int = Field(0, ge=0, description="batch: GPUs per job; adds the scheduler's GPU directive and Dask resource GPU")
+    worker_resources: dict[str, float] = Field(default_factory=dict)
+    adaptive: AdaptiveConfig | None = None
+    wait_timeout_s: float = Field(300.0, gt=0)
+
+
+class SourceSpec(Section):
+    """One dataset in the source manifest."""
+
+    name: str
+    path: str
+    format: Literal[
+        "auto", "image2d", "tiff", "slices", "mrc", "nifti", "nrrd", "hdf5", "zarr", "video", "cloudvolume"
+    ] = "auto"
+    dataset_path: str | None = Field(None, description="HDF5 dataset / zarr array inside the container")
+    imaging: str | None = None
+    organism: str | None = None
+    tissue: str | None = None
+    voxel_size: tuple[float, float, float] | None = Field(None, description="(z, y, x) in nm; overrides file metadata")
+    invert: bool = False
+    samples: int | None = Field(None, ge=1, description="cloudvolume: random patches to sample (default ingest.cloudvolume_samples)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("dataset names use letters, digits, '_', '.', '-' (they name zarr groups and Parquet partitions)")
+        return value
+
+
+class IngestConfig(Section):
+    sources: list[SourceSpec] | str = Field(default_factory=list, description="inline list or path to a YAML/CSV manifest")
+    patch_size: int = Field(224, ge=8)
+    min_edge: int = Field(112, ge=1, description="remainder strips narrower than this are discarded")
+    anisotropy_threshold: float = Field(0.2, ge=0)
+    intensity: Literal["percentile", "dtype_max"] = "percentile"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    max_volume_gb: float = Field(5.0, gt=0)
+    hash_size: int = Field(8, ge=2, le=8)
+    cloudvolume_samples: int = Field(1000, ge=1)
+    fail_on_error: bool = False
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 <= low < high <= 100:
+            raise ValueError("need 0 <= low < high <= 100")
+        return value
+
+
+class DedupConfig(Section):
+    distance: int = Field(12, ge=0, le=64)
+    rule: Literal["le", "lt"] = Field("le", description="le: distance <= d (paper code, default); lt: < d (paper text)")
+    group_by: list[str] | Literal["global"] = Field(default_factory=lambda: ["dataset"])
+
+
+class FilterConfig(Section):
+    weights: str | None = None
+    threshold: float = Field(0.5, ge=0, le=1)
+    batch_size: int = Field(128, ge=1)
+
+
+class ExportConfig(Section):
+    selection: str | None = Field(None, description="catalog filter expression; default: informative exemplars")
+    max_per_dataset: int | None = Field(None, ge=1)
+    edge_patches: Literal["pad", "resize", "drop"] = "pad"
+    shard_size_gb: float | None = Field(None, gt=0)
+
+
+class CemConfig(Section):
+    workdir: Path = Path("cem-work")
+    seed: int = 0
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        if not isinstance(part, str) or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)
+
+
+def _describe(error: dict[str, Any], origin: str) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "<root>"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(CemConfig, loc)
+        return f"{origin}: unknown key '{key}'; allowed keys here: {', '.join(allowed)}"
+    return f"{origin}: {key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_config(data: dict[str, Any] | None, origin: str = "<config>") -> CemConfig:
+    try:
+        config = CemConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(e, origin) for e in exc.errors())) from None
+    config.workdir = config.workdir.expanduser().resolve()
+    return config
+
+
+def load_config(path: str | Path | None) -> CemConfig:
+    """Load a YAML config; None gives the defaults. Relative workdirs resolve against the current directory."""
+    if path is None:
+        return parse_config({})
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    config = parse_config(data, origin=str(path))
+    if isinstance(config.ingest.sources, str):
+        manifest = Path(config.ingest.sources).expanduser()
+        config.ingest.sources = str(manifest if manifest.is_absolute() else (path.parent / manifest).resolve())
+    return config
+
+
+def dump_config(config: CemConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
