@@ -5,6 +5,7 @@ keys that are allowed, instead of a setting silently ignored on a cluster hours 
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,10 @@ class IngestConfig(Section):
     hash_size: int = Field(8, ge=2, le=8)
     cloudvolume_samples: int = Field(1000, ge=1)
     fail_on_error: bool = False
+    unknown_spacing: Literal["xy", "isotropic"] = Field(
+        "xy", description="3D sources without a voxel size: xy only (default) or all three planes (paper code)"
+    )
+    block_mb: float = Field(128.0, gt=0, description="uint8 megabytes one Dask task standardises, stores and hashes")
 
     @field_validator("percentiles")
     @classmethod
@@ -102,9 +107,23 @@ class DedupConfig(Section):
 
 
 class FilterConfig(Section):
-    weights: str | None = None
+    """Uninformative-patch filter: labelling, classifier training (paper: resnet34 or random forest) and scoring."""
+
+    weights: str | None = Field(None, description="resnet34 state_dict to score with (e.g. the authors' release); default WORKDIR/models")
     threshold: float = Field(0.5, ge=0, le=1)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description="scoring batch")
+    model: Literal["resnet34", "random_forest"] = "resnet34"
+    init_weights: str | None = Field(None, description="local torchvision resnet34 state_dict (e.g. ImageNet) to fine-tune from; default random init")
+    input_size: int = Field(224, ge=32, description="patches are resized to this square size for the network")
+    epochs: int = Field(20, ge=1)
+    train_batch_size: int = Field(64, ge=2)
+    learning_rate: float = Field(1e-3, gt=0)
+    holdout_fraction: float = Field(0.15, gt=0, lt=1)
+    seed: int = 1227
+    part_size: int = Field(2048, ge=1, description="patches per Dask scoring task")
+    label_target: int = Field(1000, ge=1, description="patches to label (paper: 14,000)")
+    label_port: int = Field(8765, ge=0, le=65535, description="labelling page port on 127.0.0.1; 0 picks a free one")
+    montage_per_class: int = Field(16, ge=1)
 
 
 class ExportConfig(Section):
@@ -124,21 +143,49 @@ class CemConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
-        if not isinstance(part, str) or part not in model.model_fields:
+        if isinstance(part, int):
+            continue
+        if part not in model.model_fields:
             return []
-        annotation = model.model_fields[part].annotation
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        nested = _models_in(model.model_fields[part].annotation)
         if not nested:
             return []
         model = nested[0]
     return sorted(model.model_fields)
 
 
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-branch tags (e.g. 'list[SourceSpec]', 'str') so paths read as config keys."""
+    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p not in _UNION_TAGS))
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "tuple", "function-after", "literal", "none"}
+_TYPE_MISMATCH = {"string_type", "list_type", "dict_type", "model_type", "int_type", "float_type", "literal_error", "none_required", "tuple_type"}
+
+
+def _relevant(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For a value allowed several shapes, report the shape the user wrote, not every alternative."""
+    paths = [_field_path(tuple(e["loc"])) for e in errors]
+    kept = []
+    for error, path in zip(errors, paths):
+        shadowed = error["type"] in _TYPE_MISMATCH and any(
+            other != path and other[: len(path)] == path for other in paths
+        )
+        if not shadowed:
+            kept.append(error)
+    return kept
+
+
 def _describe(error: dict[str, Any], origin: str) -> str:
-    loc = tuple(error["loc"])
+    loc = _field_path(tuple(error["loc"]))
     key = ".".join(str(p) for p in loc) or "<root>"
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(CemConfig, loc)
@@ -150,8 +197,8 @@ def parse_config(data: dict[str, Any] | None, origin: str = "<config>") -> CemCo
     try:
         config = CemConfig.model_validate(data or {})
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(e, origin) for e in exc.errors())) from None
-    config.workdir = config.workdir.expanduser().resolve()
+        raise ConfigError("\n".join(_describe(e, origin) for e in _relevant(exc.errors()))) from None
+    config.workdir = Path(os.path.expandvars(str(config.workdir))).expanduser().resolve()
     return config
 
 
