@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 bench_app = typer.Typer(help="Benchmarks: ours vs the paper's way, measured in the same run.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
 
 for module in COMMAND_MODULES:
     module.register(app, bench_app)
+app.add_typer(bench_app, name="bench")

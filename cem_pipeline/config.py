@@ -103,7 +103,18 @@ class IngestConfig(Section):
 class DedupConfig(Section):
     distance: int = Field(12, ge=0, le=64)
     rule: Literal["le", "lt"] = Field("le", description="le: distance <= d (paper code, default); lt: < d (paper text)")
-    group_by: list[str] | Literal["global"] = Field(default_factory=lambda: ["dataset"])
+    group_by: list[str] | Literal["global"] = Field(
+        default_factory=lambda: ["dataset"],
+        description='catalog columns; ["dataset", "volume"] is the paper\'s per-volume grouping; "global": across datasets',
+    )
+    montage_members: int = Field(7, ge=1, description="`cem dedup --show`: members drawn per cluster besides its leader")
+
+    @field_validator("group_by")
+    @classmethod
+    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError('give at least one catalog column, or "global"')
+        return value
 
 
 class FilterConfig(Section):
@@ -112,6 +123,7 @@ class FilterConfig(Section):
     weights: str | None = Field(None, description="resnet34 state_dict to score with (e.g. the authors' release); default WORKDIR/models")
     threshold: float = Field(0.5, ge=0, le=1)
     batch_size: int = Field(128, ge=1, description="scoring batch")
+    cpu_bf16: bool = Field(True, description="bf16 autocast on CPU workers whose CPU has native bf16 (GPU workers always use it)")
     model: Literal["resnet34", "random_forest"] = "resnet34"
     init_weights: str | None = Field(None, description="local torchvision resnet34 state_dict (e.g. ImageNet) to fine-tune from; default random init")
     input_size: int = Field(224, ge=32, description="patches are resized to this square size for the network")
@@ -127,10 +139,17 @@ class FilterConfig(Section):
 
 
 class ExportConfig(Section):
-    selection: str | None = Field(None, description="catalog filter expression; default: informative exemplars")
+    selection: str | None = Field(None, description="DuckDB SQL WHERE over the `patches` view; default: informative exemplars")
     max_per_dataset: int | None = Field(None, ge=1)
-    edge_patches: Literal["pad", "resize", "drop"] = "pad"
+    max_dataset_fraction: float | None = Field(None, gt=0, le=1, description="cap every dataset's share of the export")
+    edge_patches: Literal["pad", "resize", "drop"] = Field(
+        "pad", description="patches smaller than patch_size: pad (reflect; h/w stored for cropping) | resize (bilinear) | drop"
+    )
+    patch_size: int = Field(224, ge=8)
+    label_columns: list[str] = Field(default_factory=list, description="extra `patches` columns stored as int/float fields")
     shard_size_gb: float | None = Field(None, gt=0)
+    num_workers: int | None = Field(None, ge=1, description="DatasetWriter processes; default: all cores")
+    name: str = Field("patches", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="output file stem in WORKDIR/export")
 
 
 class CemConfig(Section):

@@ -1,0 +1,39 @@
+"""`cem bench dhash`: batched dHash vs the paper's per-patch imagehash call on real EM patches."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+DEFAULT_EM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "em"
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @bench_app.command("dhash")
+    def bench_dhash(
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+        em_root: Path = typer.Option(
+            Path(os.environ.get("CEM_SHARED_EM", DEFAULT_EM)), help="real EM data folder (../shared/data/em)"
+        ),
+        patches: int = typer.Option(20000, min=1, help="patches hashed by ours"),
+        baseline_patches: int = typer.Option(1000, min=1, help="patches hashed by the per-patch baseline"),
+        hash_size: int = typer.Option(8, min=2, max=8),
+    ) -> None:
+        """Patches/s of cem's batched dHash and of imagehash per patch; fails if any hash differs."""
+        from ..dhash import benchmark
+
+        try:
+            result = benchmark(em_root, patches, baseline_patches, hash_size)
+        except FileNotFoundError as exc:
+            typer.secho(f"bench dhash: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            for key, value in result.items():
+                typer.echo(f"{key:15s} {value:.1f}" if isinstance(value, float) else f"{key:15s} {value}")
+        if result["mismatches"]:
+            typer.secho(f"{result['mismatches']} hashes differ from imagehash", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1)

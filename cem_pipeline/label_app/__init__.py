@@ -1,0 +1,1 @@
+"""Local labelling page for `cem label` (server + static HTML/JS)."""

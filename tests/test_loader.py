@@ -1,0 +1,167 @@
+"""MoCo two-view pipeline (ffcv Loader + TwoViewAugment) and the segmentation dataset, on real EM."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cem_pipeline.export import write_patch_beton
+from training.data.augment import (MocoAugment, MocoAugmentParams, TwoViewAugment, augment_view_torch,
+                                   sample_view_params)
+from training.data.manifest import read_manifest
+from training.data.moco_pipeline import make_moco_loader
+from training.data.seg_pipeline import SegAugmentParams, SegmentationDataset, seg_augment
+
+pytestmark = pytest.mark.shared_data
+
+IDENTITY = MocoAugmentParams(scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate_p=0.0, brightness=0.0, contrast=0.0,
+                             blur_p=0.0, flip_p=0.0, noise_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiles(cdeep3m_volume: np.ndarray) -> np.ndarray:
+    """64 real SBEM tiles, 224^2, from 4 slices."""
+    vol = cdeep3m_volume[:4, :896, :896]
+    return np.ascontiguousarray(vol.reshape(4, 4, 224, 4, 224).transpose(0, 1, 3, 2, 4).reshape(64, 224, 224))
+
+
+@pytest.fixture(scope="module")
+def beton(tiles: np.ndarray, tmp_path_factory) -> Path:
+    return write_patch_beton(tiles, tmp_path_factory.mktemp("loader") / "tiles.beton", num_workers=2)
+
+
+@pytest.fixture(scope="module")
+def first_batch(beton: Path):
+    torch.set_num_threads(2)
+    loader = make_moco_loader(beton, batch_size=16, num_workers=2, order="random", seed=0)
+    batch = next(iter(loader))
+    return batch.images.clone(), batch.valid_hw.clone(), batch.patch_id.clone()
+
+
+def test_loader_batches_are_the_exported_tiles(first_batch, tiles: np.ndarray, beton: Path) -> None:
+    images, valid_hw, patch_id = first_batch
+    assert images.dtype == torch.uint8 and images.shape == (16, 224, 224)
+    assert (valid_hw == 224).all() and len(set(patch_id.tolist())) == 16
+    for image, pid in zip(images, patch_id):
+        np.testing.assert_array_equal(image.numpy(), tiles[int(pid)])
+    manifest = read_manifest(beton)
+    assert manifest.mean == pytest.approx(tiles.mean() / 255) and manifest.std == pytest.approx(tiles.std() / 255)
+
+
+def test_identity_view_is_the_normalised_image(first_batch) -> None:
+    images, valid_hw, _ = first_batch
+    view = MocoAugment(0.58, 0.1, "cpu", seed=0, params=IDENTITY)(images, valid_hw)
+    expected = (images.float() / 255 - 0.58) / 0.1
+    assert view.shape == (16, 1, 224, 224) and view.dtype == torch.float32
+    torch.testing.assert_close(view[:, 0], expected, atol=1e-4, rtol=0)
+
+
+def test_two_views_differ_and_both_come_from_the_same_image(first_batch) -> None:
+    images, valid_hw, _ = first_batch
+    mean, std = images.float().mean().item() / 255, images.float().std().item() / 255
+    q, k = TwoViewAugment(mean, std, "cpu", seed=1)(images, valid_hw)
+    assert q.shape == k.shape == (16, 1, 224, 224) and torch.isfinite(q).all()
+    assert (q - k).abs().mean(dim=(1, 2, 3)).min() > 0.05
+    lo, hi = (0 - mean) / std, (1 - mean) / std
+    assert q.min() >= lo - 1e-4 and q.max() <= hi + 1e-4
+    assert abs(q.mean().item()) < 1.0 and 0.3 < q.std().item() < 3.0
+
+    flips_and_noise = dataclasses.replace(IDENTITY, flip_p=0.5, noise_p=1.0)
+    q, k = TwoViewAugment(mean, std, "cpu", seed=2, params=flips_and_noise)(images, valid_hw)
+    source = (images.float() / 255 - mean) / std
+    for view in (q, k):
+        for i in range(len(images)):
+            candidates = [source[i], source[i].flip(-1), source[i].flip(-2), source[i].flip(-1).flip(-2)]
+            errors = [(view[i, 0] - c).abs().mean().item() for c in candidates]
+            assert min(errors) < 0.01 / std < sorted(errors)[1]  # one flip of its own image, plus noise
+
+
+def test_edge_patches_use_only_their_real_pixels(first_batch) -> None:
+    images, _, _ = first_batch
+    padded = images.clone()
+    padded[:, 100:, :] = 255
+    padded[:, :, 150:] = 255
+    valid = torch.tensor([[100, 150]] * len(images))
+    real = images[:, :100, :150]
+    keep = real.float().amax(dim=(1, 2)) < 250
+    view = MocoAugment(0.0, 1.0, "cpu", seed=0, params=dataclasses.replace(IDENTITY, scale=(0.2, 1.0)))(padded, valid)
+    assert (view[keep].amax(dim=(1, 2, 3)) <= real[keep].float().amax(dim=(1, 2)) / 255 + 1e-4).all()
+
+
+def test_gpu_path_matches_cpu_kernel(first_batch) -> None:
+    """The torch ops used on CUDA compute the same views as the fused CPU kernel (checked on CPU tensors)."""
+    images, valid_hw, _ = first_batch
+    params = dataclasses.replace(MocoAugmentParams(), noise_p=0.0)
+    rng_state = np.random.default_rng(5)
+    height = width = np.full(len(images), 224.0)
+    view = sample_view_params(rng_state, height, width, params)
+    cpu = MocoAugment(0.5, 0.2, "cpu", seed=5, params=params)(images, valid_hw)
+    torch_ops = augment_view_torch(images, view, 0.5, 0.2, 224, torch.Generator().manual_seed(0))
+    diff = (cpu - torch_ops).abs()
+    assert diff.mean() < 1e-3 and diff.quantile(0.99) < 0.01
+
+
+def _ddp_rank(rank: int, world: int, port: int, beton: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        loader = make_moco_loader(beton, batch_size=8, num_workers=1, order="random", distributed=True, seed=0)
+        ids = [batch.patch_id.clone() for batch in loader]
+        np.save(Path(out) / f"rank{rank}.npy", torch.cat(ids).numpy())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_see_disjoint_samples(beton: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(beton), str(tmp_path)), nprocs=2, join=True)
+    ranks = [set(np.load(tmp_path / f"rank{r}.npy").tolist()) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 32
+    assert not ranks[0] & ranks[1] and len(ranks[0] | ranks[1]) == 64
+
+
+def test_quasi_random_refused_under_ddp(beton: Path) -> None:
+    with pytest.raises(ValueError, match="QUASI_RANDOM"):
+        make_moco_loader(beton, batch_size=8, num_workers=1, order="quasi_random", distributed=True)
+
+
+def test_segmentation_dataset_on_real_labels(shared_em: Path) -> None:
+    from PIL import Image
+
+    root = shared_em / "cdeep3m_mito_sbem" / "training"
+    images = np.stack([np.asarray(Image.open(f)) for f in sorted((root / "images").glob("*.png"))[:2]])
+    masks = np.stack([np.asarray(Image.open(f)) for f in sorted((root / "labels").glob("*.png"))[:2]])
+    dataset = SegmentationDataset([images], [masks], crop_size=256, seed=3,
+                                  params=SegAugmentParams(noise_var=(400, 1200), blur_limit=7, nonempty_p=0.8))
+    assert len(dataset) == 2
+    image, mask = dataset[0]
+    assert image.shape == (1, 256, 256) and image.dtype == torch.float32 and mask.dtype == torch.int64
+    assert set(mask.unique().tolist()) <= {0, 1} and 0 <= image.min() and image.max() <= 1
+    again, mask_again = dataset[0]
+    assert torch.equal(image, again) and torch.equal(mask, mask_again)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[0][0], image)
+
+    # without photometric changes the mask stays aligned with the image it was warped with
+    geometric = SegAugmentParams(brightness_contrast_p=0.0)
+    labels = (images[0] > 128).astype(np.uint8)
+    for seed in range(5):
+        out, out_mask = seg_augment(images[0], labels, 256, np.random.default_rng(seed), geometric)
+        agree = ((out > 128 / 255) == (out_mask == 1)).mean()
+        assert agree > 0.97
+
+    small = SegmentationDataset([images[0][:100, :120]], [masks[0][:100, :120]], crop_size=128, augment=False)
+    image, mask = small[0]
+    assert image.shape == (1, 128, 128) and mask.shape == (128, 128)
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=0)
+    batch_images, batch_masks = next(iter(loader))
+    assert batch_images.shape == (2, 1, 256, 256) and batch_masks.shape == (2, 256, 256)

@@ -1,0 +1,1 @@
+"""Training side of cem: input pipelines (training.data), MoCoV2 pre-training and segmentation transfer."""

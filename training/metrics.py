@@ -1,0 +1,70 @@
+"""Training metrics: one CSV (append-only, survives resume), TensorBoard scalars, a tqdm bar on rank 0.
+
+Only rank 0 writes; other ranks get a logger whose methods do nothing, so the loop has no rank checks.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable, Iterator
+
+COLUMNS = ["epoch", "step", "loss", "acc1", "lr", "images_per_s"]
+
+
+class MetricsLogger:
+    def __init__(self, directory: Path, enabled: bool, progress: bool = True):
+        self.enabled = enabled
+        self.progress = progress and enabled
+        self.csv_path = Path(directory) / "metrics.csv"
+        self._file = None
+        self._writer = None
+        self._tb = None
+        self._bar = None
+        if enabled:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+            self._file = open(self.csv_path, "a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+            if new:
+                self._writer.writeheader()
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(directory) / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop rows past the checkpoint's step so the CSV has no duplicated steps."""
+        if not self.enabled:
+            return
+        self._file.close()
+        with open(self.csv_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._file = open(self.csv_path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+
+    def log(self, epoch: int, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._writer.writerow({"epoch": epoch, "step": step, **{k: f"{values[k]:.6g}" for k in COLUMNS[2:]}})
+        self._file.flush()
+        for name in COLUMNS[2:]:
+            self._tb.add_scalar(f"train/{name}", values[name], step)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{values['loss']:.4f}", acc1=f"{values['acc1']:.1f}", img_s=f"{values['images_per_s']:.1f}")
+
+    def bar(self, iterable: Iterable, total: int, epoch: int) -> Iterator:
+        """tqdm over one epoch on rank 0; the plain iterable elsewhere."""
+        if not self.progress:
+            return iter(iterable)
+        from tqdm import tqdm
+
+        self._bar = tqdm(iterable, total=total, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
+        return self._bar
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
