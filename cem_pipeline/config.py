@@ -203,20 +203,42 @@ def _relevant(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
-def _describe(error: dict[str, Any], origin: str) -> str:
+def _describe(error: dict[str, Any], model: type[BaseModel], origin: str) -> str:
     loc = _field_path(tuple(error["loc"]))
     key = ".".join(str(p) for p in loc) or "<root>"
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(CemConfig, loc)
+        allowed = _allowed_keys(model, loc)
         return f"{origin}: unknown key '{key}'; allowed keys here: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{origin}: {key}: required key is missing"
     return f"{origin}: {key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def describe_errors(exc: ValidationError, model: type[BaseModel], origin: str) -> str:
+    """One line per problem, naming the file, the dotted key and the allowed keys or values."""
+    return "\n".join(_describe(e, model, origin) for e in _relevant(exc.errors()))
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping ({} for an empty file), or a ConfigError naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def parse_config(data: dict[str, Any] | None, origin: str = "<config>") -> CemConfig:
     try:
         config = CemConfig.model_validate(data or {})
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(e, origin) for e in _relevant(exc.errors()))) from None
+        raise ConfigError(describe_errors(exc, CemConfig, origin)) from None
     config.workdir = Path(os.path.expandvars(str(config.workdir))).expanduser().resolve()
     return config
 
@@ -226,15 +248,7 @@ def load_config(path: str | Path | None) -> CemConfig:
     if path is None:
         return parse_config({})
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    config = parse_config(data, origin=str(path))
+    config = parse_config(read_yaml_mapping(path), origin=str(path))
     if isinstance(config.ingest.sources, str):
         manifest = Path(config.ingest.sources).expanduser()
         config.ingest.sources = str(manifest if manifest.is_absolute() else (path.parent / manifest).resolve())

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from cem_pipeline.config import ConfigError, Section
+from cem_pipeline.config import ConfigError, Section, describe_errors, read_yaml_mapping
 
 PAPER_BATCH = 128  # the batch size at which the paper's lr 0.015 was set (linear scaling reference)
 
@@ -87,32 +86,12 @@ class MocoConfig(Section):
         return self.optim.base_lr * self.optim.batch_size / PAPER_BATCH
 
 
-def _allowed(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = MocoConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return sorted(model.model_fields)
-
-
-def _describe(error: dict[str, Any], origin: str) -> str:
-    loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc) or "<root>"
-    if error["type"] == "extra_forbidden":
-        return f"{origin}: unknown key '{key}'; allowed keys here: {', '.join(_allowed(loc))}"
-    if error["type"] == "missing":
-        return f"{origin}: {key}: required key is missing"
-    return f"{origin}: {key}: {error['msg']} (got {error.get('input')!r})"
-
-
 def parse_moco_config(data: dict[str, Any], origin: str = "<config>", base: Path | None = None) -> MocoConfig:
     """Validate a mapping; relative paths resolve against `base` (the YAML file's folder)."""
     try:
         config = MocoConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(e, origin) for e in exc.errors())) from None
+        raise ConfigError(describe_errors(exc, MocoConfig, origin)) from None
     base = base or Path.cwd()
     resolve = lambda p: (p if p.expanduser().is_absolute() else base / p).expanduser().resolve()  # noqa: E731
     config.data.beton = resolve(config.data.beton)
@@ -126,15 +105,7 @@ def parse_moco_config(data: dict[str, Any], origin: str = "<config>", base: Path
 
 def load_moco_config(path: str | Path) -> MocoConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    return parse_moco_config(data, origin=str(path), base=path.resolve().parent)
+    return parse_moco_config(read_yaml_mapping(path), origin=str(path), base=path.resolve().parent)
 
 
 def dump_moco_config(config: MocoConfig) -> dict[str, Any]:

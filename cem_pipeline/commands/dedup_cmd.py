@@ -1,13 +1,12 @@
 """`cem dedup CONFIG [--show N]` and `cem bench dedup`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import ConfigArg, config_or_exit
+from .common import ConfigArg, config_or_exit, echo_result
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -77,8 +76,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         except BenchMismatch as exc:
             typer.secho(f"bench dedup: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
-        if as_json:
-            typer.echo(json.dumps(result))
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+        echo_result(result, as_json)

@@ -1,11 +1,12 @@
 """`cem bench dhash`: batched dHash vs the paper's per-patch imagehash call on real EM patches."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import typer
+
+from .common import echo_result
 
 DEFAULT_EM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "em"
 
@@ -29,11 +30,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         except FileNotFoundError as exc:
             typer.secho(f"bench dhash: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        if as_json:
-            typer.echo(json.dumps(result))
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key:15s} {value:.1f}" if isinstance(value, float) else f"{key:15s} {value}")
+        echo_result(result, as_json)
         if result["mismatches"]:
             typer.secho(f"{result['mismatches']} hashes differ from imagehash", fg=typer.colors.RED, err=True)
             raise typer.Exit(1)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -8,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import ConfigArg, config_or_exit
+from .common import ConfigArg, config_or_exit, echo_result
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -38,11 +37,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         with tempfile.TemporaryDirectory(prefix=f"cem-bench-{name}-") as tmp:
             root = workdir or Path(tmp)
             result = getattr(export_bench, f"bench_{name}")(root, workers, **kwargs)
-        if as_json:
-            typer.echo(json.dumps(result))
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
+        echo_result(result, as_json)
 
     WorkdirOpt = typer.Option(None, help="reuse/keep this bench workdir (default: a temporary one)")
 

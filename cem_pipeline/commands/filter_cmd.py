@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import ConfigArg, config_or_exit
+from .common import ConfigArg, config_or_exit, echo_result
 
 MODEL_FILES = {"resnet34": "patch_classifier.pt", "random_forest": "patch_classifier_rf.joblib"}
 
@@ -185,8 +185,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ..filter.bench import bench_scoring
 
         result = bench_scoring(n, batch_size)
-        if as_json:
-            typer.echo(json.dumps(result))
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key:>14}: {value}")
+        echo_result(result, as_json)

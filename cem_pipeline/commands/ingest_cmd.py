@@ -1,13 +1,12 @@
 """`cem ingest`, `cem catalog` and `cem bench ingest`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import ConfigArg, config_or_exit
+from .common import ConfigArg, config_or_exit, echo_result
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -69,8 +68,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ..bench_ingest import default_em_root, run_benchmark
 
         result = run_benchmark(em_root or default_em_root(), slices=slices, baseline_patches=baseline_patches)
-        if as_json:
-            typer.echo(json.dumps(result))
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key:>22}: {value}")
+        echo_result(result, as_json)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from .common import echo_result
+
 from .train_cmd import train_app
 
 SegConfigArg = typer.Argument(..., help="segmentation YAML config (see training/seg/configs/)")
@@ -77,8 +79,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         except BenchError as exc:
             typer.secho(str(exc), fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
-        if json_out:
-            typer.echo(json.dumps(result))
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key:>18}: {value}")
+        echo_result(result, json_out)

@@ -6,10 +6,11 @@ order relative to this module's `register`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
+
+from .common import echo_result
 
 train_app = typer.Typer(help="Train models: MoCoV2 pre-training, segmentation transfer.", no_args_is_help=True)
 
@@ -53,8 +54,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         except BenchError as exc:
             typer.secho(str(exc), fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
-        if json_out:
-            typer.echo(json.dumps(result))
-        else:
-            for key, value in result.items():
-                typer.echo(f"{key:>16}: {value}")
+        echo_result(result, json_out)

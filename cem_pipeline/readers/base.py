@@ -66,7 +66,7 @@ def to_nm(value: float, unit: str | None) -> float | None:
         return None
     factors = {
         "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-        "um": 1e3, "µm": 1e3, "\u00b5m": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometre": 1e3,
+        "um": 1e3, "µm": 1e3, "\u03bcm": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometre": 1e3,
         "\\u00b5m": 1e3, "mm": 1e6, "millimeter": 1e6, "m": 1e9, "meter": 1e9, "a": 0.1, "angstrom": 0.1, "å": 0.1,
     }
     factor = factors.get((unit or "").strip().lower())
