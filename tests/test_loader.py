@@ -165,3 +165,40 @@ def test_segmentation_dataset_on_real_labels(shared_em: Path) -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=0)
     batch_images, batch_masks = next(iter(loader))
     assert batch_images.shape == (2, 1, 256, 256) and batch_masks.shape == (2, 256, 256)
+
+
+def test_interior_range_stays_inside_the_output_row() -> None:
+    """Regression: an affine map whose valid source run starts past the output row made the kernel write
+    beyond the row (heap corruption, a segfault hundreds of MoCo steps later)."""
+    from training.data.augment_kernels import _interior
+
+    rng = np.random.default_rng(0)
+    for start, step, limit, size in zip(rng.uniform(-400, 400, 20000), rng.uniform(-2, 2, 20000),
+                                        rng.uniform(1, 224, 20000), rng.integers(8, 225, 20000)):
+        lo, hi = _interior(start, step, limit, int(size))
+        assert 0 <= lo <= hi <= size
+        for ox in (lo, hi - 1):
+            if lo < hi:
+                assert 0 <= start + step * ox < limit
+
+
+def test_edge_patch_views_stay_in_bounds_under_numba_boundscheck(tmp_path: Path) -> None:
+    """Every index of the CPU kernel checked (NUMBA_BOUNDSCHECK=1, fresh compile) on edge patches of all sizes."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from training.data.augment import TwoViewAugment\n"
+        "rng = np.random.default_rng(1)\n"
+        "augment = TwoViewAugment(0.5, 0.2, device='cpu', seed=3)\n"
+        "for _ in range(40):\n"
+        "    images = torch.from_numpy(rng.integers(0, 256, (16, 224, 224), dtype=np.uint8))\n"
+        "    q, k = augment(images, torch.from_numpy(rng.integers(2, 225, (16, 2))))\n"
+        "    assert torch.isfinite(q).all() and torch.isfinite(k).all()\n"
+    )
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -58,7 +58,7 @@ def _interior(start, step, limit, size):
     a = (0.0 - start) / step
     b = (limit - start) / step
     lo_f, hi_f = (a, b) if step > 0 else (b, a)
-    lo = max(0, int(math.ceil(lo_f)) + 1)
+    lo = min(size, max(0, int(math.ceil(lo_f)) + 1))
     hi = min(size, int(math.floor(hi_f)))
     return lo, max(lo, hi)
 
