@@ -17,6 +17,15 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+ModelOption = typer.Option(None, help="resnet34 or random_forest (default filter.model)")
+
+
+def _model_kind(kind: str) -> str:
+    if kind not in MODEL_FILES:
+        _fail(f"--model must be one of {', '.join(MODEL_FILES)}, got {kind!r}", 2)
+    return kind
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("label")
     def label(
@@ -74,7 +83,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("train-filter")
     def train_filter(
         config: Optional[Path] = ConfigArg,
-        model: Optional[str] = typer.Option(None, help="resnet34 or random_forest (default filter.model)"),
+        model: Optional[str] = ModelOption,
     ) -> None:
         """Train the patch classifier on the labels; report hold-out AUROC and write the ROC curve PNG."""
         import numpy as np
@@ -89,9 +98,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ..workdir import Workdir
 
         cfg = config_or_exit(config)
-        kind = model or cfg.filter.model
-        if kind not in MODEL_FILES:
-            _fail(f"--model must be one of {', '.join(MODEL_FILES)}, got {kind!r}", 2)
+        kind = _model_kind(model or cfg.filter.model)
         workdir = Workdir(cfg.workdir).create()
         targets = training_targets(read_labels(workdir.labels))
         if not len(targets):
@@ -127,7 +134,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         weights: Optional[Path] = typer.Option(
             None, help="resnet34 state_dict (ours or the authors' patch_quality_classifier_nn.pth); default filter.weights, then WORKDIR/models"
         ),
-        model: Optional[str] = typer.Option(None, help="resnet34 or random_forest (default filter.model)"),
+        model: Optional[str] = ModelOption,
     ) -> None:
         """Score the dedup exemplars through Dask; write score/informative to the catalog and a kept/dropped montage."""
         from ..catalog import read_table
@@ -139,9 +146,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ..workdir import Workdir
 
         cfg = config_or_exit(config)
-        kind = model or cfg.filter.model
-        if kind not in MODEL_FILES:
-            _fail(f"--model must be one of {', '.join(MODEL_FILES)}, got {kind!r}", 2)
+        kind = _model_kind(model or cfg.filter.model)
         workdir = Workdir(cfg.workdir).create()
         path = weights or (Path(cfg.filter.weights) if cfg.filter.weights and kind == "resnet34" else workdir.models / MODEL_FILES[kind])
         if not path.exists():

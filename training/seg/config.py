@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cem_pipeline.config import ConfigError, Section
+from cem_pipeline.config import ConfigError, Section, describe_errors, read_yaml_mapping
 
 Layout = Literal["folders2d", "guay", "urocell", "cremi"]
 MaskEncoding = Literal["identity", "nonzero", "divide255", "zero_is_foreground"]
@@ -155,24 +154,9 @@ def parse_seg_config(data: dict[str, Any], origin: str = "<seg config>") -> SegC
     try:
         return SegConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            key = ".".join(str(p) for p in error["loc"]) or "<root>"
-            if error["type"] == "extra_forbidden":
-                lines.append(f"{origin}: unknown key '{key}'")
-            else:
-                lines.append(f"{origin}: {key}: {error['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(describe_errors(exc, SegConfig, origin)) from None
 
 
 def load_seg_config(path: str | Path) -> SegConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return parse_seg_config(data, origin=str(path))
+    return parse_seg_config(read_yaml_mapping(path), origin=str(path))
