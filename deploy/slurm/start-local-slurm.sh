@@ -48,7 +48,18 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key
-pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+# Check munge by using it: a killed munged can linger as a zombie that pgrep still lists, and it
+# leaves its pid file and socket behind, which a new munged refuses to start over without --force.
+munge_works() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+if ! munge_works; then
+  rm -f /run/munge/munged.pid /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
+  runuser -u munge -- /usr/sbin/munged --force
+  for _ in $(seq 1 50); do
+    munge_works && break
+    sleep 0.2
+  done
+  munge_works || { echo "start-local-slurm.sh: munged does not answer; see /var/log/munge/munged.log" >&2; exit 1; }
+fi
 
 if ! scontrol ping 2>/dev/null | grep -q UP; then
   pkill -x slurmctld 2>/dev/null || true
