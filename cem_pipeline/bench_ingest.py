@@ -23,10 +23,6 @@ from pathlib import Path
 import numpy as np
 
 
-def default_em_root() -> Path:
-    return Path(os.environ.get("CEM_SHARED_EM", Path(__file__).resolve().parents[2] / "shared" / "data" / "em"))
-
-
 def benchmark_volume(em_root: Path, slices: int) -> np.ndarray:
     from PIL import Image
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .em_data import shared_em_root
+
 SHARED_SOURCES = (
     ("cdeep3m_train", "cdeep3m_mito_sbem/training/images/*.png"),
     ("cdeep3m_val", "cdeep3m_mito_sbem/validation/images/*.png"),
@@ -26,10 +28,8 @@ SHARED_SOURCES = (
 )
 
 
-def shared_em_root() -> Path:
-    import os
-
-    root = Path(os.environ.get("CEM_SHARED_EM", Path(__file__).resolve().parents[2] / "shared" / "data" / "em"))
+def existing_em_root() -> Path:
+    root = shared_em_root()
     if not (root / "README.md").exists():
         raise FileNotFoundError(f"{root}: real EM data not found (set CEM_SHARED_EM)")
     return root
@@ -39,7 +39,7 @@ def bench_config(workdir: Path, n_workers: int):
     """A config that ingests the shared EM sources (as stacks of slices) into `workdir`."""
     from .config import parse_config
 
-    root = shared_em_root()
+    root = existing_em_root()
     sources = [{"name": name, "path": str(root / pattern), "format": "slices" if "*" in pattern else "auto"}
                for name, pattern in SHARED_SOURCES]
     return parse_config({"workdir": str(workdir), "cluster": {"n_workers": 1, "threads_per_worker": n_workers},

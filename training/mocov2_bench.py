@@ -20,12 +20,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from cem_pipeline.em_data import shared_em_root
+
 from .config import parse_moco_config
 from .moco_model import MoCo
 from .mocov2 import Runtime, resolve_runtime, train_step
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_EM = Path(os.environ.get("CEM_SHARED_EM", REPO.parent / "shared" / "data" / "em"))
 SLICES = "cdeep3m_mito_sbem/training/images"
 
 
@@ -37,9 +37,10 @@ def em_patches(count: int, size: int = 224) -> np.ndarray:
     """`count` non-overlapping (size, size) uint8 tiles from the real cdeep3m SBEM slices."""
     from PIL import Image
 
-    files = sorted((SHARED_EM / SLICES).glob("images.*.png"))
+    folder = shared_em_root() / SLICES
+    files = sorted(folder.glob("images.*.png"))
     if not files:
-        raise BenchError(f"{SHARED_EM / SLICES}: no images.*.png (real EM data from ../shared is needed)")
+        raise BenchError(f"{folder}: no images.*.png (real EM data from ../shared is needed)")
     tiles = []
     for path in files:
         image = np.asarray(Image.open(path).convert("L"))
@@ -48,7 +49,7 @@ def em_patches(count: int, size: int = 224) -> np.ndarray:
                 tiles.append(image[y:y + size, x:x + size])
                 if len(tiles) == count:
                     return np.stack(tiles)
-    raise BenchError(f"{SHARED_EM / SLICES}: only {len(tiles)} patches of {size} px, need {count}")
+    raise BenchError(f"{folder}: only {len(tiles)} patches of {size} px, need {count}")
 
 
 def _forever(make_epoch: Callable[[], Iterator]) -> Iterator:

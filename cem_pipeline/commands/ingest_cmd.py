@@ -65,7 +65,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         em_root: Optional[Path] = typer.Option(None, help="real EM data root (default ../shared/data/em)"),
     ) -> None:
         """Patches/s: the paper's per-patch crop+hash+TIFF+npy vs ours (zarr + Parquet via Dask)."""
-        from ..bench_ingest import default_em_root, run_benchmark
+        from ..bench_ingest import run_benchmark
+        from ..em_data import shared_em_root
 
-        result = run_benchmark(em_root or default_em_root(), slices=slices, baseline_patches=baseline_patches)
+        result = run_benchmark(em_root or shared_em_root(), slices=slices, baseline_patches=baseline_patches)
         echo_result(result, as_json)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -73,7 +72,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Orthoplane inference voxels/s: batched zarr-slab path vs the paper's batch-1 slice loop."""
         from training.seg.bench import BenchError, run_benchmark
 
-        shared = Path(os.environ.get("CEM_SHARED_EM", Path.cwd().parent / "shared" / "data" / "em"))
+        from ..em_data import shared_em_root
+
+        shared = shared_em_root()
         try:
             result = run_benchmark((depth, side, side), batch_size, device, shared, threads or None)
         except BenchError as exc:
