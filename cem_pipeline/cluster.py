@@ -18,8 +18,6 @@ from distributed.deploy import Cluster
 
 from .config import ClusterConfig
 
-BATCH_KINDS = ("slurm", "pbs", "sge", "lsf", "htcondor")
-
 # How a GPU is requested from each batch system; users with site-specific syntax put their own
 # directive in job_extra_directives and leave gpus_per_worker at 0 (worker_resources still works).
 _GPU_DIRECTIVE = {

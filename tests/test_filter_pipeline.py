@@ -153,7 +153,7 @@ def test_training_is_seeded_and_reproducible(labelled):
     from cem_pipeline.config import FilterConfig
     from cem_pipeline.filter.classifier import train_classifier
     from cem_pipeline.filter.features import train_random_forest
-    from cem_pipeline.filter.pixels import read_patches
+    from cem_pipeline.patches import read_patches
 
     workdir, truth, _ = labelled
     sample = read_catalog(workdir.root).merge(truth, on="patch_id").iloc[::5]

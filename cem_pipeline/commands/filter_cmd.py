@@ -93,8 +93,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ..filter.classifier import WeightsError, train_classifier
         from ..filter.features import train_random_forest
         from ..filter.labels import read_labels, training_targets
-        from ..filter.pixels import read_patches
         from ..filter.report import roc_png
+        from ..patches import read_patches
         from ..workdir import Workdir
 
         cfg = config_or_exit(config)

@@ -16,9 +16,9 @@ import torch
 from distributed import Client, WorkerPlugin, get_worker
 
 from ..catalog import write_stage_part
+from ..patches import read_patches
 from .classifier import classifier_from_state, normalize, to_input
 from .features import forest_scores
-from .pixels import read_patches
 
 PLUGIN_NAME = "cem-filter-scorer"
 

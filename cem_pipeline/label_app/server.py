@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..filter.labels import LABELS, balance, read_labels, record_labels
-from ..filter.pixels import read_patches
 from ..filter.selection import filter_candidates
+from ..patches import read_patches
 from ..workdir import Workdir
 
 STATIC = Path(__file__).resolve().parent
