@@ -11,8 +11,10 @@ row-major into a uint64 with the first bit most significant, the same integer as
 ``int(str(imagehash.dhash(...)), 16)``.
 
 The LANCZOS step (224x224 -> (hash_size + 1) x hash_size, ~250k multiply-adds per patch)
-runs in a compiled numba kernel with Pillow's int32 arithmetic; the BILINEAR step for
-edge patches runs in per-pass numba kernels that visit only each output's non-zero taps.
+runs as float32 SIMD dot products in a compiled numba kernel; results whose error bound
+straddles a rounding boundary (~1%) are redone in Pillow's int32 arithmetic, so the hash is
+exact at a fraction of the integer kernel's cost. The BILINEAR step for edge patches runs in
+per-pass integer numba kernels that visit only each output's non-zero taps.
 """
 from __future__ import annotations
 
@@ -165,54 +167,286 @@ def resize_like_pillow(batch: np.ndarray, out_h: int, out_w: int, filter_name: s
     return _vertical_pass(out, out_h, filter_name) if h != out_h else out
 
 
+SIMD_TAPS = 32
+_UNIT_ROUNDOFF = 2.0**-24
+
+
+@lru_cache(maxsize=16)
+def _float_pass(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
+    """One LANCZOS pass as float32 taps, int32 taps, first input, padded tap count and error bound.
+
+    Weights are Pillow's integers / 2^22 (exact in float32). Tap lists are zero-padded to a
+    multiple of SIMD_TAPS so the dot products vectorise with no scalar tail. `bound[j]` is a
+    rigorous bound on the float32 sum's error for inputs in [0, 255] whatever the summation
+    order (gamma_n * 255 * sum|w|, Higham's bound) plus the rounding of adding 0.5.
+    """
+    weights, first, last = _taps(in_size, out_size, "lanczos")
+    if 255 * int(np.abs(weights.astype(np.int64)).sum(axis=0).max()) + _HALF >= 2**31:
+        raise ValueError(f"fixed-point sums of a {in_size}->{out_size} resize would overflow int32")
+    count = -(-(last - first) // SIMD_TAPS) * SIMD_TAPS
+    width = int(count.max())
+    as_float = np.zeros((out_size, width), np.float32)
+    as_int = np.zeros((out_size, width), np.int32)
+    bound = np.zeros(out_size, np.float32)
+    gamma = width * _UNIT_ROUNDOFF / (1 - width * _UNIT_ROUNDOFF)
+    for j in range(out_size):
+        taps = weights[first[j]:last[j], j].astype(np.int64)
+        as_float[j, :len(taps)] = taps / _ONE
+        as_int[j, :len(taps)] = taps
+        bound[j] = gamma * 255 * np.abs(taps).sum() / _ONE + 2.0**-12
+    return as_float, as_int, first, count, bound
+
+
 @lru_cache(maxsize=16)
 def _lanczos_plan(size: int, hash_size: int) -> tuple[np.ndarray, ...]:
-    """Weights and tap ranges of both LANCZOS passes (size -> hash_size + 1 wide, hash_size high)."""
+    """Both LANCZOS passes (size -> hash_size + 1 wide, then hash_size high) for the tile kernel."""
     if _vertical_first(size, size, hash_size, hash_size + 1):
         raise ValueError(f"Pillow would resize {size}x{size} -> {hash_size + 1}x{hash_size} vertically first")
-    plan: list[np.ndarray] = []
-    for out_size in (hash_size + 1, hash_size):
-        weights, first, last = _taps(size, out_size, "lanczos")
-        if 255 * int(np.abs(weights.astype(np.int64)).sum(axis=0).max()) + _HALF >= 2**31:
-            raise ValueError(f"fixed-point sums of a {size}->{out_size} resize would overflow int32")
-        plan += [weights, first, last]
-    return tuple(plan)
+    return _float_pass(size, hash_size + 1) + _float_pass(size, hash_size)
+
+
+@njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _settle(sums, bound, out):  # pragma: no cover - compiled
+    """out = Pillow's clip8((S + 2^21) >> 22) of each float sum; returns how many are too close to call."""
+    unsure = 0
+    for r in range(sums.shape[0]):
+        t = sums[r] + np.float32(0.5)
+        n = np.floor(t)
+        d = t - n
+        unsure += (d < bound) | (d > np.float32(1.0) - bound)
+        out[r] = min(max(n, np.float32(0.0)), np.float32(255.0))
+    return unsure
+
+
+@njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _is_unsure(total, bound):  # pragma: no cover - compiled
+    t = total + np.float32(0.5)
+    d = t - np.floor(t)
+    return (d < bound) or (d > np.float32(1.0) - bound)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _lanczos_kernel(batch, kh, h_first, h_last, kv, v_first, v_last, out):  # pragma: no cover - compiled
-    """Pillow's two 8-bit fixed-point passes for every patch, in int32 like Resample.c.
+def _exact_tap_sum(values, weights, limit):  # pragma: no cover - compiled
+    """Pillow's own int32 arithmetic for one output, for sums the float bound cannot settle."""
+    total = np.int32(_HALF)
+    for t in range(min(limit, weights.shape[0])):
+        total += np.int32(values[t]) * weights[t]
+    value = total >> PRECISION_BITS
+    return 0 if value < 0 else (255 if value > 255 else value)
 
-    Each patch is transposed first so the inner loop runs over contiguous rows with one
-    broadcast weight, which LLVM turns into SIMD multiply-adds. Serial on purpose: Dask
-    supplies the parallelism, and nogil lets its threads run kernels side by side.
+
+@njit(cache=True, nogil=True, fastmath=True, boundscheck=False, inline="always")
+def _lanczos_bits(tile, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
+                  rows, sums, mid, small_sums, small, todo):  # pragma: no cover - compiled
+    """(dHash bits, pixel sum, sum of squares) of one square uint8 tile (any strides).
+
+    Pillow's two fixed-point LANCZOS passes are evaluated as float32 dot products (SIMD, two
+    image rows per sweep of the weights); every result whose distance to a rounding boundary is
+    within the error bound is recomputed in Pillow's int32 arithmetic (~1% of them), so the
+    output is bit-exact. The pixel sums come from the same read of each row.
     """
-    n, h, w = batch.shape
-    out_w = kh.shape[1]
-    out_h = kv.shape[1]
-    columns = np.empty((w, h), np.int32)
-    mid = np.empty((out_w, h), np.int32)
-    acc = np.empty(h, np.int32)
-    for b in range(n):
-        for r in range(h):
-            for x in range(w):
-                columns[x, r] = batch[b, r, x]
+    h, w = tile.shape
+    out_w = hf.shape[0]
+    out_h = vf.shape[0]
+    total = np.int64(0)
+    square = np.int64(0)
+    for r in range(0, h, 2):
+        r1 = min(r + 1, h - 1)
+        second = np.int32(r1 != r)  # an odd height repeats the last row; count it once
+        row_total = np.int32(0)
+        row_square = np.int32(0)
+        for x in range(w):
+            a = np.int32(tile[r, x])
+            b = np.int32(tile[r1, x])
+            rows[0, x] = a
+            rows[1, x] = b
+            row_total += a + second * b
+            row_square += a * a + second * b * b
+        total += row_total
+        square += row_square
         for j in range(out_w):
-            acc[:] = _HALF
-            for x in range(h_first[j], h_last[j]):
-                k = kh[x, j]
-                for r in range(h):
-                    acc[r] += columns[x, r] * k
+            seg0 = rows[0, hfirst[j]:]
+            seg1 = rows[1, hfirst[j]:]
+            weights = hf[j]
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            for t in range(hcount[j]):
+                s0 += seg0[t] * weights[t]
+                s1 += seg1[t] * weights[t]
+            sums[j, r] = s0
+            sums[j, r1] = s1
+    for j in range(out_w):
+        if _settle(sums[j, :h], hbound[j], mid[j]):
+            count = 0
             for r in range(h):
-                v = acc[r] >> PRECISION_BITS
-                mid[j, r] = 0 if v < 0 else (255 if v > 255 else v)
-        for i in range(out_h):
+                todo[count] = r
+                count += _is_unsure(sums[j, r], hbound[j])
+            f = hfirst[j]
+            for c in range(count):
+                r = todo[c]
+                mid[j, r] = _exact_tap_sum(tile[r, f:], hi[j], w - f)
+    for o in range(out_h):
+        f = vfirst[o]
+        weights = vf[o]
+        for j in range(out_w):
+            column = mid[j, f:]
+            s = np.float32(0.0)
+            for t in range(vcount[o]):
+                s += column[t] * weights[t]
+            small_sums[j] = s
+        if _settle(small_sums, vbound[o], small[o]):
             for j in range(out_w):
-                s = _HALF
-                for r in range(v_first[i], v_last[i]):
-                    s += mid[j, r] * kv[r, i]
-                v = s >> PRECISION_BITS
-                out[b, i, j] = 0 if v < 0 else (255 if v > 255 else v)
+                if _is_unsure(small_sums[j], vbound[o]):
+                    small[o, j] = _exact_tap_sum(mid[j, f:], vi[o], h - f)
+    bits = np.uint64(0)
+    for o in range(out_h):
+        for j in range(out_w - 1):
+            bits = (bits << np.uint64(1)) | np.uint64(small[o, j + 1] > small[o, j])
+    return bits, total, square
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _scratch(size, out_w, out_h, hwidth, vwidth):  # pragma: no cover - compiled
+    """Per-call buffers of _lanczos_bits; padding past the image is zero so padded taps add nothing."""
+    return (np.zeros((2, size + hwidth), np.float32), np.zeros((out_w, size), np.float32),
+            np.zeros((out_w, size + vwidth), np.float32), np.zeros(out_w, np.float32),
+            np.zeros((out_h, out_w), np.float32), np.zeros(max(size, out_w), np.int64))
+
+
+@njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _hash_tiles_kernel(tiles, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
+                       hashes, totals, squares):  # pragma: no cover - compiled
+    """Every tile of a (planes, rows, h, cols, w) view, hashed where it lies (no copy)."""
+    n_planes, n_rows, h, n_cols, _ = tiles.shape
+    rows, sums, mid, small_sums, small, todo = _scratch(h, hf.shape[0], vf.shape[0], hf.shape[1], vf.shape[1])
+    index = 0
+    for p in range(n_planes):
+        for i in range(n_rows):
+            for k in range(n_cols):
+                hashes[index], totals[index], squares[index] = _lanczos_bits(
+                    tiles[p, i, :, k, :], hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
+                    rows, sums, mid, small_sums, small, todo)
+                index += 1
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _upsample(tile, h_index, h_weights, v_first, v_weights, wide, out):  # pragma: no cover - compiled
+    """Pillow's 8-bit BILINEAR enlargement of one tile (horizontal pass first, as Pillow does
+    when neither side shrinks), in its int32 arithmetic; a pass whose size does not change is a copy."""
+    h, w = tile.shape
+    size = out.shape[0]
+    acc = np.empty(size, np.int32)
+    line = np.empty(w, np.int32)
+    for r in range(h):
+        if w == size:
+            for c in range(size):
+                wide[r, c] = tile[r, c]
+        else:
+            for c in range(w):
+                line[c] = tile[r, c]
+            acc[:] = _HALF
+            for t in range(h_index.shape[0]):
+                index = h_index[t]
+                weights = h_weights[t]
+                for c in range(size):
+                    acc[c] += line[index[c]] * weights[c]
+            for c in range(size):
+                value = acc[c] >> PRECISION_BITS
+                wide[r, c] = 0 if value < 0 else (255 if value > 255 else value)
+    for r in range(size):
+        if h == size:
+            for c in range(size):
+                out[r, c] = wide[r, c]
+        else:
+            f = v_first[r]
+            acc[:] = _HALF
+            for t in range(v_weights.shape[1]):
+                k = v_weights[r, t]
+                row = wide[min(f + t, h - 1)]
+                for c in range(size):
+                    acc[c] += row[c] * k
+            for c in range(size):
+                value = acc[c] >> PRECISION_BITS
+                out[r, c] = 0 if value < 0 else (255 if value > 255 else value)
+
+
+@njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _hash_small_tiles_kernel(tiles, h_index, h_weights, v_first, v_weights, hf, hi, hfirst, hcount, hbound,
+                             vf, vi, vfirst, vcount, vbound, hashes, totals, squares):  # pragma: no cover - compiled
+    """Tiles no larger than 224 on either side: BILINEAR-enlarged to 224 exactly, then hashed;
+    the sums are of the tile itself."""
+    n_planes, n_rows, h, n_cols, w = tiles.shape
+    size = v_first.shape[0]
+    wide = np.zeros((h, size), np.int32)
+    square = np.zeros((size, size), np.uint8)
+    rows, sums, mid, small_sums, small, todo = _scratch(size, hf.shape[0], vf.shape[0], hf.shape[1], vf.shape[1])
+    index = 0
+    for p in range(n_planes):
+        for i in range(n_rows):
+            for k in range(n_cols):
+                tile = tiles[p, i, :, k, :]
+                total = np.int64(0)
+                squared = np.int64(0)
+                for r in range(h):
+                    for c in range(w):
+                        v = np.int64(tile[r, c])
+                        total += v
+                        squared += v * v
+                _upsample(tile, h_index, h_weights, v_first, v_weights, wide, square)
+                hashes[index] = _lanczos_bits(square, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
+                                              rows, sums, mid, small_sums, small, todo)[0]
+                totals[index] = total
+                squares[index] = squared
+                index += 1
+
+
+@lru_cache(maxsize=64)
+def _enlarge_plan(h: int, w: int) -> tuple[np.ndarray, ...]:
+    """BILINEAR taps for h x w -> 224 x 224 as dense gather tables (index, weight) per tap slot."""
+    def table(in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        weights, first, last = _taps(in_size, PATCH_SIZE, "bilinear")
+        slots = max(int((last - first).max()), 1)
+        index = np.zeros((slots, PATCH_SIZE), np.uint32)  # unsigned: numba skips negative-index wraparound, so the gather vectorises
+        table = np.zeros((slots, PATCH_SIZE), np.int32)
+        for c in range(PATCH_SIZE):
+            for t in range(last[c] - first[c]):
+                index[t, c] = first[c] + t
+                table[t, c] = weights[first[c] + t, c]
+        return index, table, first
+
+    h_index, h_weights, _ = table(w)
+    _, v_weights, v_first = table(h)
+    return h_index, h_weights, v_first, np.ascontiguousarray(v_weights.T)
+
+
+def _hash_into(kernel, extra: tuple, tiles: np.ndarray, hash_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_planes, n_rows, _, n_cols, _ = tiles.shape
+    n = n_planes * n_rows * n_cols
+    hashes = np.zeros(n, np.uint64)
+    totals = np.zeros(n, np.int64)
+    squares = np.zeros(n, np.int64)
+    if n:
+        kernel(tiles, *extra, *_lanczos_plan(PATCH_SIZE, hash_size), hashes, totals, squares)
+    return hashes, totals, squares
+
+
+def hash_tiles(tiles: np.ndarray, hash_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dhash, pixel sum, pixel sum of squares) of every tile of a (planes, rows, h, cols, w) uint8 view.
+
+    Tile (p, i, k) is tiles[p, i, :, k, :], listed in that row-major order. The view may be
+    any strided window of a volume (a block's planes split into tiles with reshape), so
+    ingest hashes patches where they lie. Tiles of 224 x 224 hash directly; smaller ones are
+    first enlarged to 224 with Pillow's BILINEAR arithmetic, as the paper's call does.
+    Larger tiles are refused: dhash_patches handles every shape.
+    """
+    _check_hash_size(hash_size)
+    _check_dtype(tiles, "tiles")
+    h, w = tiles.shape[2], tiles.shape[4]
+    if (h, w) == (PATCH_SIZE, PATCH_SIZE):
+        return _hash_into(_hash_tiles_kernel, (), tiles, hash_size)
+    if not (1 <= h <= PATCH_SIZE and 1 <= w <= PATCH_SIZE):
+        raise ValueError(f"hash_tiles takes tiles of 1..{PATCH_SIZE} px per side, got {h}x{w}")
+    return _hash_into(_hash_small_tiles_kernel, _enlarge_plan(h, w), tiles, hash_size)
 
 
 def _pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -220,13 +454,6 @@ def _pack_bits(bits: np.ndarray) -> np.ndarray:
     flat = bits.reshape(bits.shape[0], -1).astype(np.uint64)
     shifts = np.arange(flat.shape[1] - 1, -1, -1, dtype=np.uint64)
     return np.bitwise_or.reduce(flat << shifts, axis=1)
-
-
-def _hash_square(batch: np.ndarray, hash_size: int) -> np.ndarray:
-    """dHash of a (N, 224, 224) uint8 batch: LANCZOS to (hash_size, hash_size + 1), compare columns."""
-    small = np.empty((batch.shape[0], hash_size, hash_size + 1), dtype=np.uint8)
-    _lanczos_kernel(batch, *_lanczos_plan(batch.shape[2], hash_size), small)
-    return _pack_bits(small[:, :, 1:] > small[:, :, :-1])
 
 
 def _check_hash_size(hash_size: int) -> None:
@@ -240,8 +467,8 @@ def dhash_patches(
     """uint64 dHash of every patch, bit-exact with the paper's imagehash call.
 
     `patches` is a (N, H, W) uint8 array or a list of 2D uint8 arrays of any sizes; patches
-    that are not 224x224 are first BILINEAR-resized to 224x224 as the paper does. `chunk`
-    bounds the working memory of the edge-patch resize.
+    that are not 224x224 are first BILINEAR-resized to 224x224 as the paper does (inside the
+    hash kernel when they are smaller, else in `chunk`-sized batches).
     """
     _check_hash_size(hash_size)
     if isinstance(patches, np.ndarray) and patches.ndim == 3:
@@ -254,11 +481,12 @@ def dhash_patches(
     for (h, w), (index, stack) in groups.items():
         if h < 1 or w < 1:
             raise ValueError(f"patches must be non-empty, got shape {(h, w)}")
+        if h <= PATCH_SIZE and w <= PATCH_SIZE:
+            out[index] = hash_tiles(stack.reshape(len(stack), 1, h, 1, w), hash_size)[0]
+            continue
         for start in range(0, len(stack), chunk):
-            part = np.ascontiguousarray(stack[start : start + chunk])
-            if (h, w) != (PATCH_SIZE, PATCH_SIZE):
-                part = resize_like_pillow(part, PATCH_SIZE, PATCH_SIZE, "bilinear")
-            out[index[start : start + chunk]] = _hash_square(part, hash_size)
+            part = resize_like_pillow(np.ascontiguousarray(stack[start : start + chunk]), PATCH_SIZE, PATCH_SIZE, "bilinear")
+            out[index[start : start + chunk]] = hash_tiles(part.reshape(len(part), 1, PATCH_SIZE, 1, PATCH_SIZE), hash_size)[0]
     return out
 
 

@@ -3,7 +3,8 @@
 Per volume the graph is: probe (open lazily, plan shape / planes / chunks / downsampling)
 -> for non-uint8 sources, per-block min/max/NaN counts, then per-block histograms -> the volume's
 intensity mapping -> per-block tasks that standardise a chunk-aligned block, write it to
-store.zarr, cut every patch of every plane that starts in it and hash them (dhash_patches)
+store.zarr, and hash every patch of every plane that starts in it where it lies in the block
+(dhash.hash_tiles; edge patches are copied out and go through dhash_patches)
 -> a finalize task that writes the volume's catalog part atomically. The client writes a
 done-marker (WORKDIR/ingest/done/<dataset>/<key>.json) only after that, so a killed run
 leaves at most unmarked volumes, which the next run redoes from scratch (array recreated,
@@ -16,7 +17,7 @@ other volume completes. `ingest.fail_on_error` turns a non-empty errors table in
 
 Catalog rows (catalog.CATALOG_SCHEMA): patch_id = catalog.patch_id(dataset, volume, axis,
 slice, y, x) with volume = the array path "<dataset>/<key>"; axis/slice/y/x/h/w as in
-tiling.block_stacks; dhash = dhash_patches (imagehash 4.3.2's 8x8 bool array flattened
+tiling.block_patches; dhash = dhash_patches (imagehash 4.3.2's 8x8 bool array flattened
 row-major, first element the most significant bit); mean/std (population) of the uint8 patch.
 Parts: catalog/dataset=<name>/<key>.parquet, rows sorted by (axis, slice, y, x).
 """
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import standardize, tiling
-from .patch_stats import patch_moments
+from .patch_stats import moments_from_sums, patch_moments
 from .catalog import CATALOG_SCHEMA, catalog_dir, patch_id
 from .config import CemConfig, IngestConfig
 from .readers import ReaderError, open_volume
@@ -166,21 +167,19 @@ def block_task(plan: Plan, region, mapping: standardize.Mapping) -> tuple[pd.Dat
     settings = plan.settings
     data = standardize.apply(_read_raw(plan, region), mapping, plan.item.invert, plan.factor)
     write_region(Path(plan.store), plan.item.array_path, region, data)
-    groups = tiling.block_stacks(data, region, plan.shape, plan.axes, settings.patch_size, settings.min_edge)
+    groups = tiling.block_patches(data, region, plan.shape, plan.axes, settings.patch_size, settings.min_edge)
     frame = catalog_frame(plan.item, plan.attrs()["source_file"], groups, settings.hash_size)
     return frame, int(data.min()), int(data.max())
 
 
 def catalog_frame(item: VolumeItem, source_file: str, groups: list, hash_size: int) -> pd.DataFrame:
-    from .dhash import dhash_patches
-
     volume = item.array_path
     frames = []
     for group in groups:
-        if not len(group.stack):
+        n = len(group.slices)
+        if not n:
             continue
-        mean, std = patch_moments(group.stack)
-        n = len(group.stack)
+        hashes, mean, std = hash_and_moments(group, hash_size)
         frames.append(pd.DataFrame({
             "patch_id": np.array([patch_id(item.dataset, volume, group.axis, int(s), int(y), int(x))
                                   for s, y, x in zip(group.slices, group.ys, group.xs)], dtype=np.int64),
@@ -193,13 +192,25 @@ def catalog_frame(item: VolumeItem, source_file: str, groups: list, hash_size: i
             "x": group.xs.astype(np.int32),
             "h": np.full(n, group.h, dtype=np.int32),
             "w": np.full(n, group.w, dtype=np.int32),
-            "dhash": dhash_patches(group.stack, hash_size).astype(np.uint64),
+            "dhash": hashes,
             "mean": mean.astype(np.float32),
             "std": std.astype(np.float32),
         }))
     if not frames:
         return CATALOG_SCHEMA.empty_table().to_pandas()
     return pd.concat(frames, ignore_index=True)
+
+
+def hash_and_moments(group: tiling.PatchGroup, hash_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patches are hashed where they lie in the block (strided views; sums from the same pass);
+    only patches larger than 224 px, which the paper's call shrinks first, are copied out."""
+    from .dhash import PATCH_SIZE, dhash_patches, hash_tiles
+
+    if group.h <= PATCH_SIZE and group.w <= PATCH_SIZE:
+        hashes, totals, squares = hash_tiles(group.tiles, hash_size)
+        return (hashes, *moments_from_sums(totals, squares, group.h * group.w))
+    stack = group.stack()
+    return (dhash_patches(stack, hash_size), *patch_moments(stack))
 
 
 def finalize_task(plan: Plan, mapping: standardize.Mapping, results: list, catalog_part: str) -> int:
@@ -237,7 +248,7 @@ def cloudvolume_task(item: VolumeItem, settings: IngestConfig, store: str, seed:
     })
     write_region(Path(store), item.array_path, (slice(0, shape[0]), slice(None), slice(None)), data)
     group = tiling.PatchGroup("xy", np.arange(shape[0], dtype=np.int32), np.zeros(shape[0], np.int32),
-                              np.zeros(shape[0], np.int32), shape[1], shape[2], data)
+                              np.zeros(shape[0], np.int32), shape[1], shape[2], data.reshape(shape[0], 1, shape[1], 1, shape[2]))
     frame = catalog_frame(item, item.source, [group], settings.hash_size)
     _write_atomic_table(pa.Table.from_pandas(frame, schema=CATALOG_SCHEMA, preserve_index=False), Path(catalog_part))
     return len(frame)

@@ -30,6 +30,10 @@ def _sums(stack):  # pragma: no cover - compiled
 def patch_moments(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of every patch of a (N, H, W) uint8 stack, as float64."""
     totals, squares = _sums(stack)
-    pixels = stack.shape[1] * stack.shape[2]
+    return moments_from_sums(totals, squares, stack.shape[1] * stack.shape[2])
+
+
+def moments_from_sums(totals: np.ndarray, squares: np.ndarray, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) from exact per-patch sums of x and x^2 (the dHash tile kernel returns them too)."""
     mean = totals / pixels
     return mean, np.sqrt(np.maximum(squares / pixels - mean * mean, 0.0))

@@ -128,3 +128,38 @@ def test_bad_input_is_rejected() -> None:
     with pytest.raises(ValueError, match="hash_size"):
         dhash_patches(np.zeros((1, 224, 224), np.uint8), hash_size=9)
     assert dhash_patches(np.zeros((0, 224, 224), np.uint8)).shape == (0,)
+
+
+def test_hash_tiles_on_strided_block_views(cdeep3m_volume: np.ndarray) -> None:
+    """Ingest hashes patches where they lie: xy and xz tiles as strided views of a block, yz tiles
+    of its transposed copy, edge tiles (enlarged inside the kernel) included; hashes must equal
+    imagehash on the contiguous patch and the sums must be the patch's own."""
+    from cem_pipeline import tiling
+    from cem_pipeline.dhash import hash_tiles
+
+    volume = np.ascontiguousarray(np.concatenate([cdeep3m_volume] * 12)[:230, :560, :560])
+    region = tuple(slice(0, n) for n in volume.shape)
+    groups = tiling.block_patches(volume, region, volume.shape, tiling.AXES, 224, 112)
+    assert {(g.axis, g.h, g.w) for g in groups} >= {("xy", 224, 224), ("xy", 112, 224), ("xy", 112, 112),
+                                                    ("xz", 224, 224), ("xz", 224, 112), ("yz", 224, 224), ("yz", 224, 112)}
+    rng = np.random.default_rng(0)
+    for group in groups:
+        hashes, totals, squares = hash_tiles(group.tiles)
+        stack = group.stack()
+        pick = rng.choice(len(stack), size=min(12, len(stack)), replace=False)
+        assert np.array_equal(hashes[pick], _reference([stack[i] for i in pick], 8)), (group.axis, group.h, group.w)
+        assert np.array_equal(hashes, dhash_patches(stack)), (group.axis, group.h, group.w)
+        flat = stack.reshape(len(stack), -1).astype(np.int64)
+        assert np.array_equal(totals, flat.sum(1)) and np.array_equal(squares, (flat * flat).sum(1))
+
+
+def test_float_kernel_settles_near_ties_exactly() -> None:
+    """Images built to put LANCZOS sums on rounding boundaries exercise the int32 recomputation."""
+    from cem_pipeline.dhash import hash_tiles
+
+    rng = np.random.default_rng(3)
+    flat = np.full((64, 224, 224), 128, np.uint8)
+    steps = np.repeat(np.repeat(rng.integers(0, 2, (64, 28, 28), dtype=np.uint8), 8, 1), 8, 2)
+    stripes = (np.arange(224) % 3 == 0).astype(np.uint8)[None, None, :] * rng.integers(1, 255, (64, 224, 1), dtype=np.uint8)
+    tiles = np.concatenate([flat + steps, stripes, rng.integers(0, 256, (64, 224, 224), dtype=np.uint8)])
+    assert np.array_equal(hash_tiles(tiles.reshape(len(tiles), 1, 224, 1, 224))[0], _reference(list(tiles), 8))

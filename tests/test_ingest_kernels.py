@@ -41,15 +41,18 @@ def test_blocks_are_chunk_aligned_and_cover_the_volume():
     assert (covered == 1).all()
 
 
-def test_block_stacks_match_plane_definitions(cdeep3m_volume):
+def test_block_patches_match_plane_definitions(cdeep3m_volume):
     volume = np.ascontiguousarray(cdeep3m_volume[:, :600, :500])
     volume = np.concatenate([volume] * 6)[:115]  # 115 slices: one 115-px xz/yz row
     shape = volume.shape
     seen = set()
     for region in tiling.blocks(shape, (115, 224, 224), 115 * 224 * 448):
-        for group in tiling.block_stacks(volume[region], region, shape, tiling.AXES, 224, 112):
-            assert group.stack.shape == (len(group.slices), group.h, group.w) and group.stack.flags.c_contiguous
-            for s, y, x, patch in zip(group.slices, group.ys, group.xs, group.stack):
+        for group in tiling.block_patches(volume[region], region, shape, tiling.AXES, 224, 112):
+            stack = group.stack()
+            assert stack.shape == (len(group.slices), group.h, group.w) and stack.flags.c_contiguous
+            # xy and xz patches are views of the block; yz ones of its one transposed copy
+            assert np.shares_memory(group.tiles, volume) == (group.axis != "yz")
+            for s, y, x, patch in zip(group.slices, group.ys, group.xs, stack):
                 assert np.array_equal(patch, volume[tiling.patch_region(group.axis, s, y, x, group.h, group.w)])
                 seen.add((group.axis, int(s), int(y), int(x), group.h, group.w))
     counts = {a: sum(1 for f in seen if f[0] == a) for a in tiling.AXES}
