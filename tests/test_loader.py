@@ -105,6 +105,68 @@ def test_gpu_path_matches_cpu_kernel(first_batch) -> None:
     assert diff.mean() < 1e-3 and diff.quantile(0.99) < 0.01
 
 
+def test_cpu_views_reuse_only_released_buffers(first_batch) -> None:
+    """Views still held are never overwritten; released memory is reused and fully rewritten."""
+    images, valid_hw, _ = first_batch
+    recycled, kept = TwoViewAugment(0.5, 0.2, "cpu", seed=4), TwoViewAugment(0.5, 0.2, "cpu", seed=4)
+    held = [kept(images, valid_hw) for _ in range(3)]
+    q1, k1 = recycled(images, valid_hw)
+    copy = q1.clone()
+    q2, k2 = recycled(images, valid_hw)
+    assert q2.data_ptr() != q1.data_ptr()
+    torch.testing.assert_close(q1, copy, rtol=0, atol=0)
+    released = q2.data_ptr()
+    del q2, k2
+    q3, k3 = recycled(images, valid_hw)
+    assert q3.data_ptr() == released
+    torch.testing.assert_close(q3, held[2][0], rtol=0, atol=0)
+    torch.testing.assert_close(k3, held[2][1], rtol=0, atol=0)
+
+
+def test_cpu_kernel_blur_and_noise_match_a_plain_reference(first_batch) -> None:
+    """Contrast, reflect-101 Gaussian blur, table noise and normalisation of the fused kernel against
+    numpy on the kernel's own identity warp (the affine part is checked by the torch comparison)."""
+    from training.data.augment_kernels import NORMAL_TABLE, augment_view_batch
+
+    images = first_batch[0][:4].numpy()
+    n = len(images)
+    eye = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (n, 1, 1))
+    sigma = np.array([0.3, 0.9, 1.7, 2.0], np.float32)
+    noise_std = np.array([0.0, 0.01, 0.0, 0.005], np.float32)
+    seed = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(977)
+    bright, contrast = np.full(n, 1.1, np.float32), np.full(n, 0.8, np.float32)
+    out = np.empty((n, 224, 224), np.float32)
+    augment_view_batch(images, np.full(n, 224), np.full(n, 224), eye, bright, contrast, sigma, noise_std, seed,
+                       np.float32(0.5), np.float32(0.2), NORMAL_TABLE, 2, out)
+    for i in range(n):
+        x = np.minimum(images[i] * (1.1 / 255), 1.0)
+        x = np.clip(x * 0.8 + 0.2 * x.mean(), 0, 1)
+        radius = max(1, int(np.ceil(3 * sigma[i])))
+        taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2.0 * sigma[i] ** 2))
+        taps /= taps.sum()
+        padded = np.pad(x, ((0, 0), (radius, radius)), mode="reflect")
+        x = sum(w * padded[:, k:k + 224] for k, w in enumerate(taps))
+        padded = np.pad(x, ((radius, radius), (0, 0)), mode="reflect")
+        x = sum(w * padded[k:k + 224] for k, w in enumerate(taps))
+        if noise_std[i] > 0:
+            z = NORMAL_TABLE[_splitmix_codes(int(seed[i]), 224 * 224)].reshape(224, 224)
+            x = np.clip(x + noise_std[i] * z, 0, 1)
+        np.testing.assert_allclose(out[i], (x - 0.5) / 0.2, atol=2e-4, rtol=0)
+
+
+def _splitmix_codes(seed: int, count: int) -> np.ndarray:
+    """The 16-bit table indices of the kernel's noise: splitmix64 outputs 1, 2, ... from `seed`, four per output."""
+    mask = (1 << 64) - 1
+    codes = []
+    for g in range((count + 3) // 4):
+        z = (seed + (g + 1) * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        codes.extend((z >> (16 * j)) & 0xFFFF for j in range(4))
+    return np.array(codes[:count])
+
+
 def _ddp_rank(rank: int, world: int, port: int, beton: str, out: str) -> None:
     import torch.distributed as dist
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,18 +192,42 @@ def _concat(views: list[ViewParams]) -> ViewParams:
     return ViewParams(*(np.concatenate([getattr(v, f.name) for v in views]) for f in dataclasses.fields(ViewParams)))
 
 
+class OutputBuffers:
+    """The CPU kernel's output arrays, each reused once no tensor refers to it any more. A fresh
+    array per batch (25 MB for two views of 64) has its pages faulted in and zeroed again by the
+    kernel's first writes: measured through the loader on two cores, 5.0-5.9k view pairs/s with
+    fresh arrays against 9.2-9.9k with reuse."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self.arrays: list[np.ndarray] = []
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        self.arrays = [array for array in self.arrays if array.shape == shape]
+        for array in self.arrays:
+            if sys.getrefcount(array) == 3:  # held by the list, `array` and this call only: no tensor left
+                return array
+        array = np.empty(shape, np.float32)
+        if len(self.arrays) < self.keep:
+            self.arrays.append(array)
+        return array
+
+
 def augment_views_cpu(images: torch.Tensor, views: list[ViewParams], mean: float, std: float,
-                      out_size: int) -> list[torch.Tensor]:
-    """Every view in `views` of the uint8 batch, in one call of the fused parallel CPU kernel."""
+                      out_size: int, buffers: OutputBuffers | None = None) -> list[torch.Tensor]:
+    """Every view in `views` of the uint8 batch, in one call of the fused parallel CPU kernel (into
+    an array from `buffers` when given)."""
+    import numba
+
     from .augment_kernels import NORMAL_TABLE, augment_view_batch
 
     batch = images.shape[0]
     params = _concat(views)
-    source = np.tile(np.arange(batch, dtype=np.int64), len(views))
-    out = np.empty((len(source), out_size, out_size), np.float32)
-    augment_view_batch(images.cpu().numpy(), source, params.height, params.width, params.matrix, params.bright,
+    shape = (len(views) * batch, out_size, out_size)
+    out = buffers.get(shape) if buffers is not None else np.empty(shape, np.float32)
+    augment_view_batch(images.cpu().numpy(), params.height, params.width, params.matrix, params.bright,
                        params.contrast, params.sigma, params.noise_std, params.noise_seed, np.float32(mean),
-                       np.float32(std), NORMAL_TABLE, out)
+                       np.float32(std), NORMAL_TABLE, numba.get_num_threads(), out)
     return list(torch.from_numpy(out).unsqueeze(1).split(batch))
 
 
@@ -218,6 +243,7 @@ class MocoAugment:
         self.params = params
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.buffers = OutputBuffers()
 
     def draw(self, images: torch.Tensor, valid_hw: torch.Tensor | None) -> ViewParams:
         """This view's random parameters for the batch (advances the generator)."""
@@ -234,7 +260,7 @@ class MocoAugment:
     def apply(self, images: torch.Tensor, view: ViewParams) -> torch.Tensor:
         size = self.params.out_size
         if self.device.type == "cpu":
-            return augment_views_cpu(images, [view], self.mean, self.std, size)[0]
+            return augment_views_cpu(images, [view], self.mean, self.std, size, self.buffers)[0]
         return augment_view_torch(images.to(self.device, non_blocking=True), view, self.mean, self.std, size,
                                   self.generator)
 
@@ -248,7 +274,8 @@ class TwoViewAugment:
     (B, H, W) batch from `make_moco_loader` (it may be FFCV's reused buffer: the views are new
     tensors); `valid_hw` (B, 2) are the real (h, w) of padded edge patches, or None. A MocoBatch
     can be passed unpacked, `augment(*batch)`: its patch_id does not influence the views.
-    On CPU both views are computed in one parallel kernel call."""
+    On CPU both views are computed in one parallel kernel call, into memory that earlier views
+    used only once no tensor on it is left (OutputBuffers)."""
 
     def __init__(self, mean: float, std: float, device: str | torch.device = "cpu", seed: int = 0,
                  params: MocoAugmentParams = MocoAugmentParams()):
@@ -259,7 +286,8 @@ class TwoViewAugment:
                  patch_id: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         views = [self.query.draw(images, valid_hw), self.key.draw(images, valid_hw)]
         if self.query.device.type == "cpu":
-            view_q, view_k = augment_views_cpu(images, views, self.query.mean, self.query.std, self.query.params.out_size)
+            view_q, view_k = augment_views_cpu(images, views, self.query.mean, self.query.std,
+                                               self.query.params.out_size, self.query.buffers)
             return view_q, view_k
         images = images.to(self.query.device, non_blocking=True)  # one host-to-device copy for both views
         return self.query.apply(images, views[0]), self.key.apply(images, views[1])
