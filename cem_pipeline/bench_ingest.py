@@ -11,7 +11,7 @@ our catalog's rows and its rate extrapolated; its hashes must equal ours on that
 
 Ours: `run_ingest` on the configured LocalCluster (read, store to zarr, tile, hash, Parquet),
 timed from submission to the last done-marker. The cluster start and the one-off loading of
-the compiled kernels in each fresh worker (`ingest.load_kernels`, ~0.5 s, paid once per worker
+the compiled kernels in each fresh worker (`ingest.load_kernels`, ~1 s, paid once per worker
 however many volumes follow) are reported separately, and `ours_per_s_with_kernel_load` counts it.
 """
 from __future__ import annotations

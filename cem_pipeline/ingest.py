@@ -4,7 +4,8 @@ Per volume the graph is: probe (open lazily, plan shape / planes / chunks / down
 -> for non-uint8 sources, per-block min/max/NaN counts, then per-block histograms -> the volume's
 intensity mapping -> per-block tasks that standardise a chunk-aligned block, write it to
 store.zarr, and hash every patch of every plane that starts in it where it lies in the block
-(dhash.hash_tiles; edge patches are copied out and go through dhash_patches)
+(dhash.hash_tiles: xy/xz patches are views, yz ones come from one tiled transpose of the block,
+edge patches are enlarged inside the kernel; only patches over 224 px are copied out for dhash_patches)
 -> a finalize task that writes the volume's catalog part atomically. The client writes a
 done-marker (WORKDIR/ingest/done/<dataset>/<key>.json) only after that, so a killed run
 leaves at most unmarked volumes, which the next run redoes from scratch (array recreated,
@@ -214,8 +215,8 @@ def hash_and_moments(group: tiling.PatchGroup, hash_size: int) -> tuple[np.ndarr
 
 
 def load_kernels() -> None:
-    """Load (or compile) every compiled kernel a block task uses, on a tiny block: ~0.5 s per fresh
-    worker process that would otherwise land on its first block."""
+    """Load (or compile) every compiled kernel a block task uses, on a tiny block: ~1 s per fresh
+    worker process (`kernel_load_seconds` in `cem bench ingest`) that would otherwise land on its first block."""
     block = np.zeros((2, 3, 5), np.uint8)
     region = tuple(slice(0, n) for n in block.shape)
     for group in tiling.block_patches(block, region, block.shape, tiling.AXES, 2, 1):
