@@ -89,7 +89,8 @@ class IngestConfig(Section):
     unknown_spacing: Literal["xy", "isotropic"] = Field(
         "xy", description="3D sources without a voxel size: xy only (default) or all three planes (paper code)"
     )
-    block_mb: float = Field(128.0, gt=0, description="uint8 megabytes one Dask task standardises, stores and hashes")
+    block_mb: float = Field(32.0, gt=0, description="uint8 megabytes one Dask task standardises, stores and hashes; "
+                            "small enough that a volume splits into many tasks and no worker idles at the end")
 
     @field_validator("percentiles")
     @classmethod

@@ -10,16 +10,22 @@ and every pass reproduces Pillow's integer rounding and clipping. Hash bits are 
 row-major into a uint64 with the first bit most significant, the same integer as
 ``int(str(imagehash.dhash(...)), 16)``.
 
-The LANCZOS step (224x224 -> (hash_size + 1) x hash_size, ~250k multiply-adds per patch)
-runs as float32 SIMD dot products in a compiled numba kernel; results whose error bound
-straddles a rounding boundary (~1%) are redone in Pillow's int32 arithmetic, so the hash is
-exact at a fraction of the integer kernel's cost. The BILINEAR step for edge patches runs in
-per-pass integer numba kernels that visit only each output's non-zero taps.
+The LANCZOS step (224x224 -> (hash_size + 1) x hash_size, ~250k multiply-adds per patch) runs
+in one of two compiled kernels, picked per call by `_kernels`:
+
+* on CPUs with AVX-512 VNNI, Pillow's own integer sums, exactly (`dhash_vnni`);
+* elsewhere, float32 SIMD dot products; results whose error bound straddles a rounding
+  boundary (~1%) are redone in Pillow's int32 arithmetic, so the hash is exact as well.
+
+Edge patches are enlarged with Pillow's integer BILINEAR inside the same kernels; patches
+over 224 px go through per-pass integer kernels that visit only each output's non-zero taps.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -167,7 +173,7 @@ def resize_like_pillow(batch: np.ndarray, out_h: int, out_w: int, filter_name: s
     return _vertical_pass(out, out_h, filter_name) if h != out_h else out
 
 
-SIMD_TAPS = 32
+SIMD_TAPS = 16
 _UNIT_ROUNDOFF = 2.0**-24
 
 
@@ -202,27 +208,27 @@ def _lanczos_plan(size: int, hash_size: int) -> tuple[np.ndarray, ...]:
     """Both LANCZOS passes (size -> hash_size + 1 wide, then hash_size high) for the tile kernel."""
     if _vertical_first(size, size, hash_size, hash_size + 1):
         raise ValueError(f"Pillow would resize {size}x{size} -> {hash_size + 1}x{hash_size} vertically first")
+    if size % ROWS_PER_SWEEP or size % 8:
+        raise ValueError(f"the tile kernel needs a size divisible by {ROWS_PER_SWEEP} and 8, got {size}")
     return _float_pass(size, hash_size + 1) + _float_pass(size, hash_size)
 
 
+ROWS_PER_SWEEP = 7
+
+
 @njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _settle(sums, bound, out):  # pragma: no cover - compiled
-    """out = Pillow's clip8((S + 2^21) >> 22) of each float sum; returns how many are too close to call."""
-    unsure = 0
+def _settle(sums, bound, out, unsure):  # pragma: no cover - compiled
+    """out = Pillow's clip8((S + 2^21) >> 22) of each float sum; unsure flags the sums too close to call."""
+    count = 0
     for r in range(sums.shape[0]):
         t = sums[r] + np.float32(0.5)
         n = np.floor(t)
         d = t - n
-        unsure += (d < bound) | (d > np.float32(1.0) - bound)
+        flag = (d < bound) | (d > np.float32(1.0) - bound)
+        unsure[r] = flag
+        count += flag
         out[r] = min(max(n, np.float32(0.0)), np.float32(255.0))
-    return unsure
-
-
-@njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _is_unsure(total, bound):  # pragma: no cover - compiled
-    t = total + np.float32(0.5)
-    d = t - np.floor(t)
-    return (d < bound) or (d > np.float32(1.0) - bound)
+    return count
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -230,73 +236,106 @@ def _exact_tap_sum(values, weights, limit):  # pragma: no cover - compiled
     """Pillow's own int32 arithmetic for one output, for sums the float bound cannot settle."""
     total = np.int32(_HALF)
     for t in range(min(limit, weights.shape[0])):
-        total += np.int32(values[t]) * weights[t]
+        total = np.int32(total + np.int32(values[t]) * weights[t])
     value = total >> PRECISION_BITS
     return 0 if value < 0 else (255 if value > 255 else value)
 
 
+@njit(cache=True, nogil=True, boundscheck=False)
+def _redo_unsure(unsure, lines, weights, first, limit, out):  # pragma: no cover - compiled
+    """Recompute exactly the flagged outputs; flags are scanned eight at a time (~1% are set)."""
+    words = unsure.view(np.uint64)
+    for k in range(words.shape[0]):
+        if words[k]:
+            for r in range(8 * k, 8 * k + 8):
+                if unsure[r]:
+                    out[r] = _exact_tap_sum(lines[r, first:], weights, limit)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _scratch(size, out_w, out_h, hwidth, vwidth):  # pragma: no cover - compiled
+    """Per-call buffers of the tile kernels; padding past the image is zero so padded taps add nothing."""
+    return (np.zeros((ROWS_PER_SWEEP, size + hwidth), np.float32), np.zeros((out_w, size), np.float32),
+            np.zeros((out_w, size + vwidth), np.float32), np.zeros(9, np.float32),
+            np.zeros((out_h, out_w), np.float32), np.zeros(-(-max(size, out_w) // 8) * 8, np.uint8))
+
+
 @njit(cache=True, nogil=True, fastmath=True, boundscheck=False, inline="always")
 def _lanczos_bits(tile, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
-                  rows, sums, mid, small_sums, small, todo):  # pragma: no cover - compiled
-    """(dHash bits, pixel sum, sum of squares) of one square uint8 tile (any strides).
+                  rows, sums, mid, small_sums, small, unsure):  # pragma: no cover - compiled
+    """(dHash bits, pixel sum, sum of squares) of one 224 x 224 uint8 tile (any strides).
 
-    Pillow's two fixed-point LANCZOS passes are evaluated as float32 dot products (SIMD, two
-    image rows per sweep of the weights); every result whose distance to a rounding boundary is
-    within the error bound is recomputed in Pillow's int32 arithmetic (~1% of them), so the
-    output is bit-exact. The pixel sums come from the same read of each row.
+    Pillow's two fixed-point LANCZOS passes are evaluated as float32 dot products; every result
+    whose distance to a rounding boundary is within the error bound is recomputed in Pillow's
+    int32 arithmetic (~1% of them), so the output is bit-exact. The horizontal pass sweeps
+    ROWS_PER_SWEEP rows per pass over each output's weights: it is bound by vector loads, and
+    each weight load then serves seven rows instead of one; the vertical pass likewise sweeps
+    all columns per weight load. The pixel sums come from the same read of each row and are
+    exact: 7 * 224 * 255 < 2^24 in float32, 7 * 224 * 255^2 < 2^31 in int32.
     """
     h, w = tile.shape
     out_w = hf.shape[0]
     out_h = vf.shape[0]
     total = np.int64(0)
     square = np.int64(0)
-    for r in range(0, h, 2):
-        r1 = min(r + 1, h - 1)
-        second = np.int32(r1 != r)  # an odd height repeats the last row; count it once
-        row_total = np.int32(0)
-        row_square = np.int32(0)
-        for x in range(w):
-            a = np.int32(tile[r, x])
-            b = np.int32(tile[r1, x])
-            rows[0, x] = a
-            rows[1, x] = b
-            row_total += a + second * b
-            row_square += a * a + second * b * b
-        total += row_total
-        square += row_square
+    for r in range(0, h, ROWS_PER_SWEEP):
+        sweep_total = np.float32(0.0)
+        sweep_square = np.int32(0)
+        for k in range(ROWS_PER_SWEEP):
+            line = rows[k]
+            for x in range(w):
+                v = tile[r + k, x]
+                line[x] = v
+                sweep_total += np.float32(v)
+                sweep_square = np.int32(sweep_square + np.int32(v) * np.int32(v))
+        total += np.int64(sweep_total)
+        square += np.int64(sweep_square)
         for j in range(out_w):
-            seg0 = rows[0, hfirst[j]:]
-            seg1 = rows[1, hfirst[j]:]
-            weights = hf[j]
-            s0 = np.float32(0.0)
-            s1 = np.float32(0.0)
-            for t in range(hcount[j]):
-                s0 += seg0[t] * weights[t]
-                s1 += seg1[t] * weights[t]
-            sums[j, r] = s0
-            sums[j, r1] = s1
-    for j in range(out_w):
-        if _settle(sums[j, :h], hbound[j], mid[j]):
-            count = 0
-            for r in range(h):
-                todo[count] = r
-                count += _is_unsure(sums[j, r], hbound[j])
             f = hfirst[j]
-            for c in range(count):
-                r = todo[c]
-                mid[j, r] = _exact_tap_sum(tile[r, f:], hi[j], w - f)
+            weights = hf[j]
+            seg0, seg1, seg2, seg3 = rows[0, f:], rows[1, f:], rows[2, f:], rows[3, f:]
+            seg4, seg5, seg6 = rows[4, f:], rows[5, f:], rows[6, f:]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = np.float32(0.0)
+            for t in range(hcount[j]):
+                wt = weights[t]
+                s0 += seg0[t] * wt
+                s1 += seg1[t] * wt
+                s2 += seg2[t] * wt
+                s3 += seg3[t] * wt
+                s4 += seg4[t] * wt
+                s5 += seg5[t] * wt
+                s6 += seg6[t] * wt
+            column = sums[j]
+            column[r], column[r + 1], column[r + 2], column[r + 3] = s0, s1, s2, s3
+            column[r + 4], column[r + 5], column[r + 6] = s4, s5, s6
+    for j in range(out_w):
+        if _settle(sums[j, :h], hbound[j], mid[j], unsure[:h]):
+            _redo_unsure(unsure[:h], tile, hi[j], hfirst[j], w - hfirst[j], mid[j])
+    last = out_w - 1
     for o in range(out_h):
         f = vfirst[o]
         weights = vf[o]
-        for j in range(out_w):
-            column = mid[j, f:]
-            s = np.float32(0.0)
-            for t in range(vcount[o]):
-                s += column[t] * weights[t]
-            small_sums[j] = s
-        if _settle(small_sums, vbound[o], small[o]):
+        c0, c1, c2 = mid[0, f:], mid[min(1, last), f:], mid[min(2, last), f:]
+        c3, c4, c5 = mid[min(3, last), f:], mid[min(4, last), f:], mid[min(5, last), f:]
+        c6, c7, c8 = mid[min(6, last), f:], mid[min(7, last), f:], mid[min(8, last), f:]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = np.float32(0.0)
+        for t in range(vcount[o]):
+            wt = weights[t]
+            s0 += c0[t] * wt
+            s1 += c1[t] * wt
+            s2 += c2[t] * wt
+            s3 += c3[t] * wt
+            s4 += c4[t] * wt
+            s5 += c5[t] * wt
+            s6 += c6[t] * wt
+            s7 += c7[t] * wt
+            s8 += c8[t] * wt
+        small_sums[0], small_sums[1], small_sums[2] = s0, s1, s2
+        small_sums[3], small_sums[4], small_sums[5] = s3, s4, s5
+        small_sums[6], small_sums[7], small_sums[8] = s6, s7, s8
+        if _settle(small_sums[:out_w], vbound[o], small[o], unsure[:out_w]):
             for j in range(out_w):
-                if _is_unsure(small_sums[j], vbound[o]):
+                if unsure[j]:
                     small[o, j] = _exact_tap_sum(mid[j, f:], vi[o], h - f)
     bits = np.uint64(0)
     for o in range(out_h):
@@ -305,54 +344,58 @@ def _lanczos_bits(tile, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, 
     return bits, total, square
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
-def _scratch(size, out_w, out_h, hwidth, vwidth):  # pragma: no cover - compiled
-    """Per-call buffers of _lanczos_bits; padding past the image is zero so padded taps add nothing."""
-    return (np.zeros((2, size + hwidth), np.float32), np.zeros((out_w, size), np.float32),
-            np.zeros((out_w, size + vwidth), np.float32), np.zeros(out_w, np.float32),
-            np.zeros((out_h, out_w), np.float32), np.zeros(max(size, out_w), np.int64))
+
 
 
 @njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _hash_tiles_kernel(tiles, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
                        hashes, totals, squares):  # pragma: no cover - compiled
-    """Every tile of a (planes, rows, h, cols, w) view, hashed where it lies (no copy)."""
+    """Every 224 x 224 tile of a (planes, rows, h, cols, w) view, hashed where it lies (no copy)."""
     n_planes, n_rows, h, n_cols, _ = tiles.shape
-    rows, sums, mid, small_sums, small, todo = _scratch(h, hf.shape[0], vf.shape[0], hf.shape[1], vf.shape[1])
+    rows, sums, mid, small_sums, small, unsure = _scratch(h, hf.shape[0], vf.shape[0], hf.shape[1], vf.shape[1])
     index = 0
     for p in range(n_planes):
         for i in range(n_rows):
             for k in range(n_cols):
                 hashes[index], totals[index], squares[index] = _lanczos_bits(
                     tiles[p, i, :, k, :], hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
-                    rows, sums, mid, small_sums, small, todo)
+                    rows, sums, mid, small_sums, small, unsure)
                 index += 1
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _upsample(tile, h_index, h_weights, v_first, v_weights, wide, out):  # pragma: no cover - compiled
+def _upsample(tile, h_first, h_weights, v_first, v_weights, packed, wide, out):  # pragma: no cover - compiled
     """Pillow's 8-bit BILINEAR enlargement of one tile (horizontal pass first, as Pillow does
-    when neither side shrinks), in its int32 arithmetic; a pass whose size does not change is a copy."""
+    when neither side shrinks), in its int32 arithmetic; a pass whose size does not change is a copy.
+
+    Each input pixel is packed with its next three into one uint32, so an output's (at most
+    four) taps cost one gather instead of one gather per tap.
+    """
     h, w = tile.shape
     size = out.shape[0]
     acc = np.empty(size, np.int32)
-    line = np.empty(w, np.int32)
+    quads = np.empty(size, np.uint32)
     for r in range(h):
         if w == size:
             for c in range(size):
                 wide[r, c] = tile[r, c]
-        else:
-            for c in range(w):
-                line[c] = tile[r, c]
-            acc[:] = _HALF
-            for t in range(h_index.shape[0]):
-                index = h_index[t]
-                weights = h_weights[t]
-                for c in range(size):
-                    acc[c] += line[index[c]] * weights[c]
+            continue
+        for c in range(w):
+            packed[c] = np.uint32(tile[r, c])
+        for shift in range(1, 4):
+            for c in range(w - shift):
+                packed[c] |= np.uint32(tile[r, c + shift]) << np.uint32(8 * shift)
+        for c in range(size):
+            quads[c] = packed[h_first[c]]
+        acc[:] = _HALF
+        for t in range(h_weights.shape[0]):
+            shift = np.uint32(8 * t)
+            weights = h_weights[t]
             for c in range(size):
-                value = acc[c] >> PRECISION_BITS
-                wide[r, c] = 0 if value < 0 else (255 if value > 255 else value)
+                acc[c] += np.int32((quads[c] >> shift) & np.uint32(255)) * weights[c]
+        for c in range(size):
+            value = acc[c] >> PRECISION_BITS
+            wide[r, c] = 0 if value < 0 else (255 if value > 255 else value)
     for r in range(size):
         if h == size:
             for c in range(size):
@@ -370,83 +413,117 @@ def _upsample(tile, h_index, h_weights, v_first, v_weights, wide, out):  # pragm
                 out[r, c] = 0 if value < 0 else (255 if value > 255 else value)
 
 
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _moments(tile):  # pragma: no cover - compiled
+    """Pixel sum and sum of squares of a tile of at most 224 x 224 (a row's fit int32)."""
+    total = np.int64(0)
+    square = np.int64(0)
+    for r in range(tile.shape[0]):
+        row_total = np.int32(0)
+        row_square = np.int32(0)
+        for c in range(tile.shape[1]):
+            v = np.int32(tile[r, c])
+            row_total = np.int32(row_total + v)
+            row_square = np.int32(row_square + v * v)
+        total += row_total
+        square += row_square
+    return total, square
+
+
 @njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _hash_small_tiles_kernel(tiles, h_index, h_weights, v_first, v_weights, hf, hi, hfirst, hcount, hbound,
+def _hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hf, hi, hfirst, hcount, hbound,
                              vf, vi, vfirst, vcount, vbound, hashes, totals, squares):  # pragma: no cover - compiled
     """Tiles no larger than 224 on either side: BILINEAR-enlarged to 224 exactly, then hashed;
     the sums are of the tile itself."""
     n_planes, n_rows, h, n_cols, w = tiles.shape
     size = v_first.shape[0]
     wide = np.zeros((h, size), np.int32)
+    packed = np.zeros(w, np.uint32)
     square = np.zeros((size, size), np.uint8)
-    rows, sums, mid, small_sums, small, todo = _scratch(size, hf.shape[0], vf.shape[0], hf.shape[1], vf.shape[1])
+    rows, sums, mid, small_sums, small, unsure = _scratch(size, hf.shape[0], vf.shape[0], hf.shape[1], vf.shape[1])
     index = 0
     for p in range(n_planes):
         for i in range(n_rows):
             for k in range(n_cols):
                 tile = tiles[p, i, :, k, :]
-                total = np.int64(0)
-                squared = np.int64(0)
-                for r in range(h):
-                    for c in range(w):
-                        v = np.int64(tile[r, c])
-                        total += v
-                        squared += v * v
-                _upsample(tile, h_index, h_weights, v_first, v_weights, wide, square)
+                totals[index], squares[index] = _moments(tile)
+                _upsample(tile, h_first, h_weights, v_first, v_weights, packed, wide, square)
                 hashes[index] = _lanczos_bits(square, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
-                                              rows, sums, mid, small_sums, small, todo)[0]
-                totals[index] = total
-                squares[index] = squared
+                                              rows, sums, mid, small_sums, small, unsure)[0]
                 index += 1
 
 
 @lru_cache(maxsize=64)
 def _enlarge_plan(h: int, w: int) -> tuple[np.ndarray, ...]:
-    """BILINEAR taps for h x w -> 224 x 224 as dense gather tables (index, weight) per tap slot."""
-    def table(in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BILINEAR taps for h x w -> 224 x 224: each output's first input and its weights per tap slot."""
+    def table(in_size: int) -> tuple[np.ndarray, np.ndarray]:
         weights, first, last = _taps(in_size, PATCH_SIZE, "bilinear")
         slots = max(int((last - first).max()), 1)
-        index = np.zeros((slots, PATCH_SIZE), np.uint32)  # unsigned: numba skips negative-index wraparound, so the gather vectorises
+        if slots > 4:
+            raise ValueError(f"a BILINEAR enlargement {in_size} -> {PATCH_SIZE} with {slots} taps per output")
         table = np.zeros((slots, PATCH_SIZE), np.int32)
         for c in range(PATCH_SIZE):
             for t in range(last[c] - first[c]):
-                index[t, c] = first[c] + t
                 table[t, c] = weights[first[c] + t, c]
-        return index, table, first
+        return first, table
 
-    h_index, h_weights, _ = table(w)
-    _, v_weights, v_first = table(h)
-    return h_index, h_weights, v_first, np.ascontiguousarray(v_weights.T)
+    h_first, h_weights = table(w)
+    v_first, v_weights = table(h)
+    # unsigned: numba then skips negative-index wraparound, so the gather vectorises
+    return h_first.astype(np.uint32), h_weights, v_first, np.ascontiguousarray(v_weights.T)
 
 
-def _hash_into(kernel, extra: tuple, tiles: np.ndarray, hash_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _hash_into(kernel, args: tuple, tiles: np.ndarray, threads: int) -> tuple[np.ndarray, ...]:
+    """Run the kernel over `threads` contiguous runs of planes at once (kernels release the GIL)."""
     n_planes, n_rows, _, n_cols, _ = tiles.shape
-    n = n_planes * n_rows * n_cols
-    hashes = np.zeros(n, np.uint64)
-    totals = np.zeros(n, np.int64)
-    squares = np.zeros(n, np.int64)
-    if n:
-        kernel(tiles, *extra, *_lanczos_plan(PATCH_SIZE, hash_size), hashes, totals, squares)
+    per_plane = n_rows * n_cols
+    hashes = np.zeros(n_planes * per_plane, np.uint64)
+    totals = np.zeros(n_planes * per_plane, np.int64)
+    squares = np.zeros(n_planes * per_plane, np.int64)
+
+    def run(lo: int, hi: int) -> None:
+        out = slice(lo * per_plane, hi * per_plane)
+        kernel(tiles[lo:hi], *args, hashes[out], totals[out], squares[out])
+
+    bounds = np.linspace(0, n_planes, min(threads, n_planes) + 1).astype(int)
+    runs = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    if len(runs) == 1:
+        run(*runs[0])
+    elif runs:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(lambda r: run(*r), runs))
     return hashes, totals, squares
 
 
-def hash_tiles(tiles: np.ndarray, hash_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _kernels(tiles: np.ndarray, hash_size: int) -> tuple:
+    """(224 kernel, small-tile kernel, LANCZOS plan): exact VNNI integers when the CPU has them and
+    tile rows are contiguous, else float32 with exact settling. Both give imagehash's bits."""
+    from . import dhash_vnni
+
+    if dhash_vnni.available() and tiles.strides[4] == 1 and dhash_vnni.fits(PATCH_SIZE, hash_size):
+        return dhash_vnni.hash_tiles_kernel, dhash_vnni.hash_small_tiles_kernel, dhash_vnni.plan(PATCH_SIZE, hash_size)
+    return _hash_tiles_kernel, _hash_small_tiles_kernel, _lanczos_plan(PATCH_SIZE, hash_size)
+
+
+def hash_tiles(tiles: np.ndarray, hash_size: int = 8, threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dhash, pixel sum, pixel sum of squares) of every tile of a (planes, rows, h, cols, w) uint8 view.
 
     Tile (p, i, k) is tiles[p, i, :, k, :], listed in that row-major order. The view may be
     any strided window of a volume (a block's planes split into tiles with reshape), so
     ingest hashes patches where they lie. Tiles of 224 x 224 hash directly; smaller ones are
     first enlarged to 224 with Pillow's BILINEAR arithmetic, as the paper's call does.
-    Larger tiles are refused: dhash_patches handles every shape.
+    Larger tiles are refused: dhash_patches handles every shape. `threads` > 1 splits the planes
+    across threads (Dask workers in ingest keep 1: they already fill the cores).
     """
     _check_hash_size(hash_size)
     _check_dtype(tiles, "tiles")
     h, w = tiles.shape[2], tiles.shape[4]
+    full, small, lanczos = _kernels(tiles, hash_size)
     if (h, w) == (PATCH_SIZE, PATCH_SIZE):
-        return _hash_into(_hash_tiles_kernel, (), tiles, hash_size)
+        return _hash_into(full, lanczos, tiles, threads)
     if not (1 <= h <= PATCH_SIZE and 1 <= w <= PATCH_SIZE):
         raise ValueError(f"hash_tiles takes tiles of 1..{PATCH_SIZE} px per side, got {h}x{w}")
-    return _hash_into(_hash_small_tiles_kernel, _enlarge_plan(h, w), tiles, hash_size)
+    return _hash_into(small, _enlarge_plan(h, w) + lanczos, tiles, threads)
 
 
 def _pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -462,13 +539,13 @@ def _check_hash_size(hash_size: int) -> None:
 
 
 def dhash_patches(
-    patches: np.ndarray | Sequence[np.ndarray], hash_size: int = 8, chunk: int = 1024
+    patches: np.ndarray | Sequence[np.ndarray], hash_size: int = 8, chunk: int = 1024, threads: int = 1
 ) -> np.ndarray:
     """uint64 dHash of every patch, bit-exact with the paper's imagehash call.
 
     `patches` is a (N, H, W) uint8 array or a list of 2D uint8 arrays of any sizes; patches
     that are not 224x224 are first BILINEAR-resized to 224x224 as the paper does (inside the
-    hash kernel when they are smaller, else in `chunk`-sized batches).
+    hash kernel when they are smaller, else in `chunk`-sized batches), on `threads` threads.
     """
     _check_hash_size(hash_size)
     if isinstance(patches, np.ndarray) and patches.ndim == 3:
@@ -482,11 +559,11 @@ def dhash_patches(
         if h < 1 or w < 1:
             raise ValueError(f"patches must be non-empty, got shape {(h, w)}")
         if h <= PATCH_SIZE and w <= PATCH_SIZE:
-            out[index] = hash_tiles(stack.reshape(len(stack), 1, h, 1, w), hash_size)[0]
+            out[index] = hash_tiles(stack.reshape(len(stack), 1, h, 1, w), hash_size, threads)[0]
             continue
         for start in range(0, len(stack), chunk):
             part = resize_like_pillow(np.ascontiguousarray(stack[start : start + chunk]), PATCH_SIZE, PATCH_SIZE, "bilinear")
-            out[index[start : start + chunk]] = hash_tiles(part.reshape(len(part), 1, PATCH_SIZE, 1, PATCH_SIZE), hash_size)[0]
+            out[index[start : start + chunk]] = hash_tiles(part.reshape(len(part), 1, PATCH_SIZE, 1, PATCH_SIZE), hash_size, threads)[0]
     return out
 
 
@@ -557,30 +634,39 @@ def real_em_patches(em_root, limit: int) -> np.ndarray:
     return np.stack(tiles)
 
 
-def benchmark(em_root, n_ours: int = 20000, n_baseline: int = 1000, hash_size: int = 8) -> dict:
-    """Patches/s of dhash_patches vs the per-patch imagehash call on the same real patches.
+def benchmark(em_root, n_ours: int = 20000, n_baseline: int = 1000, hash_size: int = 8, threads: int = 0) -> dict:
+    """Patches/s of dhash_patches (on `threads` threads, 0 = every core, and on one) vs the
+    per-patch imagehash call on the same real patches.
 
     Also checks that both agree on the baseline subset, so a fast wrong kernel cannot pass.
     """
+    threads = threads or os.cpu_count() or 1
     patches = real_em_patches(em_root, n_ours)
     subset = patches[:n_baseline]
     start = time.perf_counter()
     reference = np.array([imagehash_reference(p, hash_size) for p in subset], dtype=np.uint64)
     baseline_s = time.perf_counter() - start
     dhash_patches(subset[:8], hash_size)
-    start = time.perf_counter()
-    ours = dhash_patches(patches, hash_size)
-    ours_s = time.perf_counter() - start
-    mismatches = int((ours[: len(subset)] != reference).sum())
+    rates = {}
+    mismatches = 0
+    for n_threads in sorted({1, threads}):
+        start = time.perf_counter()
+        ours = dhash_patches(patches, hash_size, threads=n_threads)
+        rates[n_threads] = len(patches) / (time.perf_counter() - start)
+        mismatches += int((ours[: len(subset)] != reference).sum())
     baseline_per_s = len(subset) / baseline_s
-    ours_per_s = len(patches) / ours_s
     return {
         "benchmark": "dhash",
         "hash_size": hash_size,
         "n_baseline": len(subset),
         "n_ours": len(patches),
+        "threads": threads,
         "baseline_per_s": baseline_per_s,
-        "ours_per_s": ours_per_s,
-        "ratio": ours_per_s / baseline_per_s,
+        "ours_per_s": rates[threads],
+        "ratio": rates[threads] / baseline_per_s,
+        "ours_one_thread_per_s": rates[1],
+        "ratio_one_thread": rates[1] / baseline_per_s,
         "mismatches": mismatches,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
     }

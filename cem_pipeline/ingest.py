@@ -217,12 +217,14 @@ def hash_and_moments(group: tiling.PatchGroup, hash_size: int) -> tuple[np.ndarr
 def load_kernels() -> None:
     """Load (or compile) every compiled kernel a block task uses, on a tiny block: ~1 s per fresh
     worker process (`kernel_load_seconds` in `cem bench ingest`) that would otherwise land on its first block."""
-    block = np.zeros((2, 3, 5), np.uint8)
-    region = tuple(slice(0, n) for n in block.shape)
-    for group in tiling.block_patches(block, region, block.shape, tiling.AXES, 2, 1):
-        hash_and_moments(group, 8)
+    for shape in ((2, 3, 5), (2, 9, 8)):  # both yz transposes: byte copy, and SWAR with a y tail
+        block = np.zeros(shape, np.uint8)
+        region = tuple(slice(0, n) for n in shape)
+        for group in tiling.block_patches(block, region, shape, tiling.AXES, 2, 1):
+            hash_and_moments(group, 8)
+    tile = np.zeros((1, 224, 232), np.uint8)[:, :, :224].reshape(1, 1, 224, 1, 224)  # strided, like a block's views
     hash_and_moments(tiling.PatchGroup("xy", np.zeros(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int32),
-                                       224, 224, np.zeros((1, 1, 224, 1, 224), np.uint8)), 8)
+                                       224, 224, tile), 8)
 
 
 def finalize_task(plan: Plan, mapping: standardize.Mapping, results: list, catalog_part: str) -> int:

@@ -175,16 +175,78 @@ def _transpose_to_yz(block, out):  # pragma: no cover - compiled
                         row[y] = block[z, y, x]
 
 
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _swap_bits(a, b, shift, mask):  # pragma: no cover - compiled
+    t = ((a >> shift) ^ b) & mask
+    return a ^ (t << shift), b ^ t
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _transpose_words_to_yz(words, out_words, n_z, n_y, n_x):  # pragma: no cover - compiled
+    """The yz transpose on 8 x 8 byte squares held in eight uint64 words (SWAR).
+
+    `words` is the (n_z, n_y, n_x) block as uint64 (n_x % 8 == 0); `out_words` the (n_x, n_z,
+    out_y) output (out_y % 8 == 0), of which the first n_y // 8 * 8 rows of y are written. Three
+    rounds of masked shifts transpose a square in registers: ~2x the byte-at-a-time copy.
+    Each output row is written sequentially (y innermost), which keeps stores in cache.
+    """
+    m32 = np.uint64(0x00000000FFFFFFFF)
+    m16 = np.uint64(0x0000FFFF0000FFFF)
+    m8 = np.uint64(0x00FF00FF00FF00FF)
+    s32, s16, s8 = np.uint64(32), np.uint64(16), np.uint64(8)
+    in_row = n_x // 8
+    out_row = out_words.shape[0] // (n_x * n_z)
+    for z in range(n_z):
+        for b in range(in_row):
+            dst = (8 * b * n_z + z) * out_row
+            step = n_z * out_row
+            for yw in range(n_y // 8):
+                src = (z * n_y + 8 * yw) * in_row + b
+                a0, a1 = words[src], words[src + in_row]
+                a2, a3 = words[src + 2 * in_row], words[src + 3 * in_row]
+                a4, a5 = words[src + 4 * in_row], words[src + 5 * in_row]
+                a6, a7 = words[src + 6 * in_row], words[src + 7 * in_row]
+                a0, a4 = _swap_bits(a0, a4, s32, m32)
+                a1, a5 = _swap_bits(a1, a5, s32, m32)
+                a2, a6 = _swap_bits(a2, a6, s32, m32)
+                a3, a7 = _swap_bits(a3, a7, s32, m32)
+                a0, a2 = _swap_bits(a0, a2, s16, m16)
+                a1, a3 = _swap_bits(a1, a3, s16, m16)
+                a4, a6 = _swap_bits(a4, a6, s16, m16)
+                a5, a7 = _swap_bits(a5, a7, s16, m16)
+                a0, a1 = _swap_bits(a0, a1, s8, m8)
+                a2, a3 = _swap_bits(a2, a3, s8, m8)
+                a4, a5 = _swap_bits(a4, a5, s8, m8)
+                a6, a7 = _swap_bits(a6, a7, s8, m8)
+                d = dst + yw
+                out_words[d], out_words[d + step] = a0, a1
+                out_words[d + 2 * step], out_words[d + 3 * step] = a2, a3
+                out_words[d + 4 * step], out_words[d + 5 * step] = a4, a5
+                out_words[d + 6 * step], out_words[d + 7 * step] = a6, a7
+
+
 def yz_planes(block: np.ndarray) -> np.ndarray:
-    """The block's yz planes as one contiguous (x, z, y) copy.
+    """The block's yz planes as an (x, z, y) array whose rows are contiguous.
 
     A yz patch read in place has every pixel of a row in another cache line (stride = X), which
-    made hashing it ~15x slower than an xy patch; one tiled transpose per block (~1.6 GB/s, numpy's
-    own 3D transposed copy does ~0.25 GB/s) puts its rows back in order.
+    made hashing it ~15x slower than an xy patch; one transpose per block puts its rows back in
+    order. Blocks whose width is a multiple of 8 (every chunk-aligned block of a volume whose
+    width is) go through the SWAR kernel (~2.8 GB/s); the rest through the tiled byte copy
+    (~1.4 GB/s; numpy's own 3D transposed copy does ~0.25 GB/s). y is padded to a multiple of
+    8 in memory and the result is a view without the padding.
     """
-    out = np.empty((block.shape[2], block.shape[0], block.shape[1]), dtype=block.dtype)
-    _transpose_to_yz(np.ascontiguousarray(block), out)
-    return out
+    block = np.ascontiguousarray(block)
+    n_z, n_y, n_x = block.shape
+    if n_x % 8 or block.dtype.itemsize != 1:
+        out = np.empty((n_x, n_z, n_y), dtype=block.dtype)
+        _transpose_to_yz(block, out)
+        return out
+    padded = np.empty((n_x, n_z, -(-n_y // 8) * 8), dtype=block.dtype)
+    _transpose_words_to_yz(block.reshape(-1).view(np.uint64), padded.reshape(-1).view(np.uint64), n_z, n_y, n_x)
+    whole = n_y // 8 * 8
+    if whole < n_y:
+        _transpose_to_yz(block[:, whole:, :], padded[:, :, whole:n_y])
+    return padded[:, :, :n_y]
 
 
 def plane(volume, axis: str, index: int):

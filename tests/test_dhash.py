@@ -11,6 +11,15 @@ from PIL import Image
 from cem_pipeline.dhash import dhash_patches, hash_to_bits, imagehash_reference, resample_coefficients, resize_like_pillow
 
 
+@pytest.fixture(params=["default", "float"])
+def kernel(request, monkeypatch) -> str:
+    """Run a test with the kernel this CPU picks (exact VNNI integers on AVX-512 VNNI) and with the
+    float32 kernel every CPU can run."""
+    if request.param == "float":
+        monkeypatch.setattr("cem_pipeline.dhash_vnni.available", lambda: False)
+    return request.param
+
+
 def _reference(patches: list[np.ndarray], hash_size: int) -> np.ndarray:
     return np.array([imagehash_reference(p, hash_size) for p in patches], dtype=np.uint64)
 
@@ -28,7 +37,7 @@ def _tiles(image: np.ndarray, step: int, size: int = 224) -> list[np.ndarray]:
     return [image[y : y + size, x : x + size] for y in range(0, h - 8, step) for x in range(0, w - 8, step)]
 
 
-def test_cdeep3m_tiles_and_edges_match_imagehash(cdeep3m_volume: np.ndarray) -> None:
+def test_cdeep3m_tiles_and_edges_match_imagehash(cdeep3m_volume: np.ndarray, kernel: str) -> None:
     patches = [t for z in range(0, 20, 2) for t in _tiles(cdeep3m_volume[z], 224)]
     shapes = {p.shape for p in patches}
     assert (224, 224) in shapes and (224, 128) in shapes and (128, 128) in shapes
@@ -36,7 +45,7 @@ def test_cdeep3m_tiles_and_edges_match_imagehash(cdeep3m_volume: np.ndarray) -> 
     _assert_exact(patches)
 
 
-def test_dense_real_tiles_match_imagehash(cdeep3m_volume: np.ndarray) -> None:
+def test_dense_real_tiles_match_imagehash(cdeep3m_volume: np.ndarray, kernel: str) -> None:
     """Many overlapping 224x224 tiles as one (N, 224, 224) array: the bulk path of the pipeline."""
     stack = np.stack([t for t in _tiles(cdeep3m_volume[5], 40) if t.shape == (224, 224)])
     assert len(stack) >= 400
@@ -45,7 +54,7 @@ def test_dense_real_tiles_match_imagehash(cdeep3m_volume: np.ndarray) -> None:
         assert np.array_equal(ours, _reference(list(stack), hash_size))
 
 
-def test_isbi_cryoet_and_cellemnet_match_imagehash(shared_em: Path) -> None:
+def test_isbi_cryoet_and_cellemnet_match_imagehash(shared_em: Path, kernel: str) -> None:
     isbi = sorted((shared_em / "isbi2012_drosophila_l1_vnc_sstem" / "train" / "image").glob("*.png"))
     assert isbi, "ISBI training slices missing"
     patches = [t for f in isbi[:10] for t in _tiles(np.asarray(Image.open(f).convert("L")), 150)]
@@ -85,7 +94,7 @@ def _synthetic(rng: np.random.Generator) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("hash_size", [8, 4, 2])
-def test_adversarial_synthetic_patches_match_imagehash(hash_size: int) -> None:
+def test_adversarial_synthetic_patches_match_imagehash(hash_size: int, kernel: str) -> None:
     _assert_exact(_synthetic(np.random.default_rng(1227)), hash_size)
 
 
@@ -130,7 +139,7 @@ def test_bad_input_is_rejected() -> None:
     assert dhash_patches(np.zeros((0, 224, 224), np.uint8)).shape == (0,)
 
 
-def test_hash_tiles_on_strided_block_views(cdeep3m_volume: np.ndarray) -> None:
+def test_hash_tiles_on_strided_block_views(cdeep3m_volume: np.ndarray, kernel: str) -> None:
     """Ingest hashes patches where they lie: xy and xz tiles as strided views of a block, yz tiles
     of its transposed copy, edge tiles (enlarged inside the kernel) included; hashes must equal
     imagehash on the contiguous patch and the sums must be the patch's own."""
@@ -151,10 +160,15 @@ def test_hash_tiles_on_strided_block_views(cdeep3m_volume: np.ndarray) -> None:
         assert np.array_equal(hashes, dhash_patches(stack)), (group.axis, group.h, group.w)
         flat = stack.reshape(len(stack), -1).astype(np.int64)
         assert np.array_equal(totals, flat.sum(1)) and np.array_equal(squares, (flat * flat).sum(1))
+        # threads split the planes; every output lands in the same place
+        for threads in (2, 5):
+            for ours, single in zip(hash_tiles(group.tiles, threads=threads), (hashes, totals, squares)):
+                assert np.array_equal(ours, single), (group.axis, group.h, group.w, threads)
 
 
-def test_float_kernel_settles_near_ties_exactly() -> None:
-    """Images built to put LANCZOS sums on rounding boundaries exercise the int32 recomputation."""
+def test_near_ties_are_settled_exactly(kernel: str) -> None:
+    """Images built to put LANCZOS sums on rounding boundaries exercise the float kernel's int32
+    recomputation (and the integer kernel's exactness)."""
     from cem_pipeline.dhash import hash_tiles
 
     rng = np.random.default_rng(3)
@@ -163,3 +177,14 @@ def test_float_kernel_settles_near_ties_exactly() -> None:
     stripes = (np.arange(224) % 3 == 0).astype(np.uint8)[None, None, :] * rng.integers(1, 255, (64, 224, 1), dtype=np.uint8)
     tiles = np.concatenate([flat + steps, stripes, rng.integers(0, 256, (64, 224, 224), dtype=np.uint8)])
     assert np.array_equal(hash_tiles(tiles.reshape(len(tiles), 1, 224, 1, 224))[0], _reference(list(tiles), 8))
+
+
+def test_vnni_kernel_is_picked_where_the_cpu_has_it(cdeep3m_volume: np.ndarray) -> None:
+    from cem_pipeline import dhash, dhash_vnni
+
+    if not dhash_vnni.available():
+        pytest.skip("this CPU has no AVX-512 VNNI (or numba targets a generic CPU); the float kernel is used")
+    view = np.ascontiguousarray(cdeep3m_volume[:2, :224, :224]).reshape(2, 1, 224, 1, 224)
+    assert dhash._kernels(view, 8)[0] is dhash_vnni.hash_tiles_kernel
+    assert dhash._kernels(view, 4)[0] is dhash._hash_tiles_kernel  # wider windows than a row: float
+    assert dhash._kernels(view[:, :, :, :, ::2], 8)[0] is dhash._hash_tiles_kernel  # rows not contiguous

@@ -62,6 +62,14 @@ def test_block_patches_match_plane_definitions(cdeep3m_volume):
     assert {(h, w) for a, *_, h, w in seen if a == "yz"} == {(115, 224), (115, 152)}
 
 
+def test_yz_planes_equal_the_transposed_block_for_any_shape(cdeep3m_volume):
+    # widths divisible by 8 take the SWAR path (with a scalar tail when y is not), others the byte copy
+    for z, y, x in [(3, 17, 24), (5, 8, 8), (2, 9, 40), (4, 13, 13), (7, 31, 1), (20, 224, 448), (6, 230, 100)]:
+        block = np.ascontiguousarray(cdeep3m_volume[:z, 100:100 + y, 50:50 + x])
+        planes = tiling.yz_planes(block)
+        assert planes.strides[-1] == 1 and np.array_equal(planes, block.transpose(2, 0, 1)), (z, y, x)
+
+
 def test_percentiles_do_not_crush_12_bit_data(cdeep3m_volume):
     raw = cdeep3m_volume[0, :256, :256].astype(np.uint16) * 16  # 12-bit content in uint16
     lo, hi, bad = standardize.block_range(raw)

@@ -139,6 +139,40 @@ def test_tiff_stacks_16bit_float_imagej_ome(tmp_path, crop):
     assert volume.voxel_size == pytest.approx((50.0, 4.0, 4.0))
 
 
+def test_tiff_contiguous_stack_is_memory_mapped(tmp_path, crop, monkeypatch):
+    from cem_pipeline.readers import tiff
+
+    tifffile.imwrite(tmp_path / "stack.tif", crop, photometric="minisblack")
+    volume = _open(tmp_path / "stack.tif")
+    assert volume.data.numblocks[0] == 1  # mapped: a region reads only its own bytes, whatever the chunk
+    with monkeypatch.context() as patch:
+        patch.setattr(tifffile, "TiffFile", None)  # and reads parse no IFD: the layout was read at open
+        block = volume.data[1:5, 10:100, 33:77].compute(scheduler="synchronous")
+    assert np.array_equal(block, crop[1:5, 10:100, 33:77])
+    block[:] = 0  # a copy, never a view of the file
+    assert np.array_equal(_read(_open(tmp_path / "stack.tif")), crop)
+
+    monkeypatch.setattr(tiff, "PAGES_PER_CHUNK", 2)
+    monkeypatch.setattr(tiff, "MAPPED_CHUNK_BYTES", 1)
+    twice = np.concatenate([crop, crop[::-1]])
+    tifffile.imwrite(tmp_path / "stack.tif", twice, photometric="minisblack")
+    volume = _open(tmp_path / "stack.tif")  # rewritten in place: parsed again, not served from the cache
+    assert volume.shape[0] == 12 and volume.data.numblocks[0] == 6
+    assert np.array_equal(volume.data[1:8, :50].compute(scheduler="synchronous"), twice[1:8, :50])  # across chunks
+    rgb = np.stack([crop[:3].transpose(1, 2, 0), crop[3:].transpose(1, 2, 0)])
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    volume = _open(tmp_path / "rgb.tif")
+    assert volume.channels and np.array_equal(_read(volume), rgb)
+
+    tifffile.imwrite(tmp_path / "image.tif", crop[0])  # IFD first, pixels last: a cut loses only pixels
+    (tmp_path / "short_image.tif").write_bytes((tmp_path / "image.tif").read_bytes()[:-100])
+    with pytest.raises(ReaderError, match="short_image.tif: truncated: the pixel data ends at byte"):
+        _open(tmp_path / "short_image.tif")
+    (tmp_path / "short_ifd.tif").write_bytes((tmp_path / "stack.tif").read_bytes()[:-100])  # pixels intact, last IFD cut
+    with pytest.raises(ReaderError, match="short_ifd.tif: corrupt TIFF structure"):
+        _open(tmp_path / "short_ifd.tif")
+
+
 def test_fei_vendor_pixel_size(shared_em):
     volume = _open(shared_em / "fei_sem_rbc_imageio" / "fei-sem-rbc.tif")
     assert volume.kind == "image" and volume.shape == (1, 1094, 1536)

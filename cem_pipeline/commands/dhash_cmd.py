@@ -16,13 +16,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         patches: int = typer.Option(20000, min=1, help="patches hashed by ours"),
         baseline_patches: int = typer.Option(1000, min=1, help="patches hashed by the per-patch baseline"),
         hash_size: int = typer.Option(8, min=2, max=8),
+        threads: int = typer.Option(0, min=0, help="threads for ours (0 = every core); one thread is timed too"),
     ) -> None:
         """Patches/s of cem's batched dHash and of imagehash per patch; fails if any hash differs."""
         from ..dhash import benchmark
         from ..em_data import shared_em_root
 
         try:
-            result = benchmark(em_root or shared_em_root(), patches, baseline_patches, hash_size)
+            result = benchmark(em_root or shared_em_root(), patches, baseline_patches, hash_size, threads)
         except FileNotFoundError as exc:
             typer.secho(f"bench dhash: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

@@ -1,0 +1,267 @@
+"""The dHash tile kernel in exact integer arithmetic on x86 CPUs with AVX-512 VNNI.
+
+Pillow's LANCZOS passes are integer dot products (uint8 pixels x 22-bit fixed-point weights,
+summed in int32). Each weight is split into three signed bytes, w = l0 + 256 l1 + 65536 l2, so
+one VPDPBUSD multiplies 64 pixels by 64 limb bytes and accumulates in int32: three instructions
+per 64 taps give Pillow's own sums, bit for bit, with no rounding to settle, no float copy of
+the tile, and a quarter of the float kernel's memory loads (what bounds that kernel). int32
+wraparound is harmless: the true sum fits int32 (checked when the weights are planned), so the
+wrapped partial sums add up to it exactly.
+
+`available()` says whether this CPU and numba's target allow it; dhash falls back to its float
+kernel otherwise, and both are tested against imagehash.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .dhash import _HALF, PRECISION_BITS, _moments, _taps, _upsample, _vertical_first
+
+ROWS = 7  # rows per sweep: 21 accumulators + 3 weight vectors fit the 32 vector registers
+BLOCK = 64  # bytes per VPDPBUSD
+
+_V16 = ir.VectorType(ir.IntType(32), 16)
+
+
+@lru_cache(maxsize=1)
+def available() -> bool:
+    """True when numba compiles for this host and the host has AVX-512 VNNI."""
+    import llvmlite.binding as llvm
+    from numba import config
+
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
+        return False
+    features = llvm.get_host_cpu_features()
+    return bool(features.get("avx512f")) and bool(features.get("avx512vnni"))
+
+
+@intrinsic
+def _dot_rows(typingctx, first, row_stride, weights, limb_stride, blocks):
+    """ROWS exact int32 dot products of the byte rows at first + k * row_stride (k < ROWS) with
+    the three weight limbs at weights + l * limb_stride, over BLOCK * blocks bytes (addresses)."""
+    sig = types.UniTuple(types.int32, ROWS)(types.intp, types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        first, stride, wbase, lstride, nblocks = args
+        dpbusd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.x86.avx512.vpdpbusd.512")
+        zero = ir.Constant(_V16, [0] * 16)
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(3)] for _ in range(ROWS)]
+        intp = nblocks.type
+
+        def load(address):
+            return builder.load(builder.inttoptr(address, _V16.as_pointer()), align=1)
+
+        with cgutils.for_range(builder, nblocks) as loop:
+            offset = builder.mul(loop.index, ir.Constant(intp, BLOCK))
+            limbs = [load(builder.add(builder.add(wbase, builder.mul(lstride, ir.Constant(intp, limb))), offset))
+                     for limb in range(3)]
+            for k in range(ROWS):
+                pixels = load(builder.add(builder.add(first, builder.mul(stride, ir.Constant(intp, k))), offset))
+                for limb in range(3):
+                    acc = accs[k][limb]
+                    builder.store(builder.call(dpbusd, [builder.load(acc), pixels, limbs[limb]]), acc)
+        rows = []
+        for k in range(ROWS):
+            low, mid, high = (builder.load(a) for a in accs[k])
+            rows.append(builder.add(low, builder.add(builder.shl(mid, ir.Constant(_V16, [8] * 16)),
+                                                     builder.shl(high, ir.Constant(_V16, [16] * 16)))))
+        reduce_add = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [_V16]), "llvm.vector.reduce.add.v16i32")
+        return context.make_tuple(builder, signature.return_type, [builder.call(reduce_add, [r]) for r in rows])
+
+    return sig, codegen
+
+
+@intrinsic
+def _row_moments(typingctx, first, row_stride, rows, width):
+    """(sum, sum of squares) of `rows` byte rows of `width` >= BLOCK bytes at first + r * row_stride.
+
+    VPDPBUSD against ones gives the sum; against x XOR 0x80 (= x - 128 as a signed byte) it gives
+    sum(x^2) - 128 sum(x). A row's last, partial block is loaded overlapping the previous one, with
+    the overlap's multipliers zeroed. Lanes stay far below 2^31 for rows of a 224-px tile."""
+    sig = types.UniTuple(types.int64, 2)(types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        first, stride, nrows, nwidth = args
+        intp = nwidth.type
+        bytes64 = ir.VectorType(ir.IntType(8), BLOCK)
+        dpbusd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.x86.avx512.vpdpbusd.512")
+        reduce_add = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [_V16]), "llvm.vector.reduce.add.v16i32")
+        zero = ir.Constant(_V16, [0] * 16)
+        sums = cgutils.alloca_once_value(builder, zero)
+        centred = cgutils.alloca_once_value(builder, zero)
+        ones = ir.Constant(bytes64, [1] * BLOCK)
+        flip = ir.Constant(bytes64, [0x80] * BLOCK)
+        full = builder.udiv(nwidth, ir.Constant(intp, BLOCK))
+        rest = builder.urem(nwidth, ir.Constant(intp, BLOCK))
+        skip = builder.trunc(builder.sub(ir.Constant(intp, BLOCK), rest), ir.IntType(8))
+        keep = builder.icmp_unsigned(">=", ir.Constant(bytes64, list(range(BLOCK))),
+                                     builder.shuffle_vector(builder.insert_element(ir.Constant(bytes64, None), skip, ir.Constant(ir.IntType(32), 0)),
+                                                            ir.Constant(bytes64, None), ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), [0] * BLOCK)))
+        tail_ones = builder.select(keep, ones, ir.Constant(bytes64, [0] * BLOCK))
+
+        def accumulate(address, multipliers_for):
+            pixels = builder.load(builder.inttoptr(address, bytes64.as_pointer()), align=1)
+            plain, signed = multipliers_for(pixels)
+            as16 = [builder.bitcast(v, _V16) for v in (pixels, plain, signed)]
+            builder.store(builder.call(dpbusd, [builder.load(sums), as16[0], as16[1]]), sums)
+            builder.store(builder.call(dpbusd, [builder.load(centred), as16[0], as16[2]]), centred)
+
+        with cgutils.for_range(builder, nrows) as rows_loop:
+            row = builder.add(first, builder.mul(rows_loop.index, stride))
+            with cgutils.for_range(builder, full) as blocks_loop:
+                accumulate(builder.add(row, builder.mul(blocks_loop.index, ir.Constant(intp, BLOCK))),
+                           lambda x: (ones, builder.xor(x, flip)))
+            with builder.if_then(builder.icmp_unsigned("!=", rest, ir.Constant(intp, 0))):
+                accumulate(builder.add(row, builder.sub(nwidth, ir.Constant(intp, BLOCK))),
+                           lambda x: (tail_ones, builder.select(keep, builder.xor(x, flip), ir.Constant(bytes64, [0] * BLOCK))))
+        total = builder.sext(builder.call(reduce_add, [builder.load(sums)]), ir.IntType(64))
+        centred_total = builder.sext(builder.call(reduce_add, [builder.load(centred)]), ir.IntType(64))
+        square = builder.add(centred_total, builder.mul(total, ir.Constant(ir.IntType(64), 128)))
+        return context.make_tuple(builder, signature.return_type, [total, square])
+
+    return sig, codegen
+
+
+def _limbs(weights: np.ndarray) -> np.ndarray:
+    """(3, n) int8 balanced base-256 digits of int weights: w = l0 + 256 l1 + 65536 l2."""
+    w = weights.astype(np.int64)
+    low = (w + 128) % 256 - 128
+    rest = (w - low) // 256
+    mid = (rest + 128) % 256 - 128
+    high = (rest - mid) // 256
+    if (np.abs(high) > 127).any():
+        raise ValueError("a weight needs more than 24 bits")
+    return np.stack([low, mid, high]).astype(np.int8)
+
+
+@lru_cache(maxsize=16)
+def _pass_plan(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One LANCZOS pass: each output's window start and BLOCK count (windows moved left so they
+    end inside the input; the extra taps weigh 0) and its limbs as (out, 3, width) int8."""
+    weights, first, last = _taps(in_size, out_size, "lanczos")
+    if 255 * int(np.abs(weights.astype(np.int64)).sum(axis=0).max()) + _HALF >= 2**31:
+        raise ValueError(f"fixed-point sums of a {in_size}->{out_size} resize would overflow int32")
+    count = -(-(last - first) // BLOCK) * BLOCK
+    if (count > in_size).any():
+        raise ValueError(f"a {in_size}-px pass needs windows of at most {in_size} px")
+    start = np.minimum(first, in_size - count)
+    table = np.zeros((out_size, 3, int(count.max())), np.int8)
+    for j in range(out_size):
+        taps = np.zeros(count[j], np.int64)
+        taps[first[j] - start[j]:last[j] - start[j]] = weights[first[j]:last[j], j]
+        table[j, :, :count[j]] = _limbs(taps)
+    return start.astype(np.intp), (count // BLOCK).astype(np.intp), table
+
+
+def fits(size: int, hash_size: int) -> bool:
+    """Whether every LANCZOS window, in whole BLOCKs, fits inside a row: true for hash sizes 7 and 8
+    at 224 px (smaller hashes average wider windows; they take the float kernel)."""
+    for out_size in (hash_size + 1, hash_size):
+        _, first, last = _taps(size, out_size, "lanczos")
+        if (-(-(last - first) // BLOCK) * BLOCK > size).any():
+            return False
+    return True
+
+
+@lru_cache(maxsize=16)
+def plan(size: int, hash_size: int) -> tuple[np.ndarray, ...]:
+    """Both LANCZOS passes (size -> hash_size + 1 wide, then hash_size high) for the tile kernel."""
+    if _vertical_first(size, size, hash_size, hash_size + 1):
+        raise ValueError(f"Pillow would resize {size}x{size} -> {hash_size + 1}x{hash_size} vertically first")
+    if size % ROWS:
+        raise ValueError(f"the tile kernel needs a size divisible by {ROWS}, got {size}")
+    return _pass_plan(size, hash_size + 1) + _pass_plan(size, hash_size)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _round8(total):  # pragma: no cover - compiled
+    """Pillow's rounding and clipping of one exact fixed-point sum to a byte."""
+    value = (total + np.int32(_HALF)) >> PRECISION_BITS
+    return 0 if value < 0 else (255 if value > 255 else value)
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _lanczos_bits(tile, hstart, hblocks, htable, vstart, vblocks, vtable, mid, small):  # pragma: no cover - compiled
+    """(dHash bits, pixel sum, sum of squares) of one square uint8 tile whose rows are contiguous.
+
+    `mid` holds the horizontal pass as (columns, rows) bytes, padded to 2 * ROWS columns so the
+    vertical pass can sweep ROWS columns at a time like the horizontal pass sweeps rows.
+    """
+    h = tile.shape[0]
+    out_w = hstart.shape[0]
+    out_h = vstart.shape[0]
+    base = tile.ctypes.data
+    stride = tile.strides[0]
+    htable_base = htable.ctypes.data
+    hrow = htable.strides[0]
+    hlimb = htable.strides[1]
+    total, square = _row_moments(base, stride, h, tile.shape[1])
+    for r in range(0, h, ROWS):
+        for j in range(out_w):
+            sums = _dot_rows(base + r * stride + hstart[j], stride, htable_base + j * hrow, hlimb, hblocks[j])
+            for k in range(ROWS):
+                mid[j, r + k] = _round8(sums[k])
+    mid_base = mid.ctypes.data
+    mid_row = mid.strides[0]
+    vtable_base = vtable.ctypes.data
+    for o in range(out_h):
+        for j0 in range(0, out_w, ROWS):
+            sums = _dot_rows(mid_base + j0 * mid_row + vstart[o], mid_row, vtable_base + o * vtable.strides[0],
+                             vtable.strides[1], vblocks[o])
+            for k in range(min(ROWS, out_w - j0)):
+                small[o, j0 + k] = _round8(sums[k])
+    bits = np.uint64(0)
+    for o in range(out_h):
+        for j in range(out_w - 1):
+            bits = (bits << np.uint64(1)) | np.uint64(small[o, j + 1] > small[o, j])
+    return bits, total, square
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def hash_tiles_kernel(tiles, hstart, hblocks, htable, vstart, vblocks, vtable,
+                      hashes, totals, squares):  # pragma: no cover - compiled
+    """Every 224 x 224 tile of a (planes, rows, h, cols, w) view with contiguous rows, hashed where it lies."""
+    n_planes, n_rows, h, n_cols, _ = tiles.shape
+    mid = np.zeros((2 * ROWS, h), np.uint8)
+    small = np.zeros((vstart.shape[0], hstart.shape[0]), np.int32)
+    index = 0
+    for p in range(n_planes):
+        for i in range(n_rows):
+            for k in range(n_cols):
+                hashes[index], totals[index], squares[index] = _lanczos_bits(
+                    tiles[p, i, :, k, :], hstart, hblocks, htable, vstart, vblocks, vtable, mid, small)
+                index += 1
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hstart, hblocks, htable,
+                            vstart, vblocks, vtable, hashes, totals, squares):  # pragma: no cover - compiled
+    """Tiles no larger than 224 on either side: BILINEAR-enlarged to 224 exactly, then hashed;
+    the sums are of the tile itself."""
+    n_planes, n_rows, h, n_cols, w = tiles.shape
+    size = v_first.shape[0]
+    wide = np.zeros((h, size), np.int32)
+    packed = np.zeros(w, np.uint32)
+    square = np.zeros((size, size), np.uint8)
+    mid = np.zeros((2 * ROWS, size), np.uint8)
+    small = np.zeros((vstart.shape[0], hstart.shape[0]), np.int32)
+    index = 0
+    for p in range(n_planes):
+        for i in range(n_rows):
+            for k in range(n_cols):
+                tile = tiles[p, i, :, k, :]
+                totals[index], squares[index] = _moments(tile)
+                _upsample(tile, h_first, h_weights, v_first, v_weights, packed, wide, square)
+                hashes[index] = _lanczos_bits(square, hstart, hblocks, htable, vstart, vblocks, vtable, mid, small)[0]
+                index += 1
+
