@@ -396,21 +396,39 @@ def _upsample(tile, h_first, h_weights, v_first, v_weights, packed, wide, out): 
         for c in range(size):
             value = acc[c] >> PRECISION_BITS
             wide[r, c] = 0 if value < 0 else (255 if value > 255 else value)
+    enlarge_columns(wide, h, v_first, v_weights, acc, out)
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def enlarge_columns(wide, h, v_first, v_weights, acc, out):  # pragma: no cover - compiled
+    """The vertical BILINEAR pass of an enlargement: rows of `wide` (the first h hold the
+    horizontally enlarged tile) -> out, whole rows at a time; a copy when h is already the size.
+    Enlargements have at most two taps per output, which one fused loop per row handles."""
+    size = out.shape[0]
     for r in range(size):
         if h == size:
             for c in range(size):
                 out[r, c] = wide[r, c]
-        else:
-            f = v_first[r]
-            acc[:] = _HALF
-            for t in range(v_weights.shape[1]):
-                k = v_weights[r, t]
-                row = wide[min(f + t, h - 1)]
-                for c in range(size):
-                    acc[c] += row[c] * k
+            continue
+        f = v_first[r]
+        if v_weights.shape[1] <= 2:
+            first = wide[f]
+            second = wide[min(f + 1, h - 1)]
+            k0 = v_weights[r, 0]
+            k1 = v_weights[r, 1] if v_weights.shape[1] == 2 else np.int32(0)
             for c in range(size):
-                value = acc[c] >> PRECISION_BITS
+                value = np.int32(np.int32(_HALF) + np.int32(first[c]) * k0 + np.int32(second[c]) * k1) >> PRECISION_BITS
                 out[r, c] = 0 if value < 0 else (255 if value > 255 else value)
+            continue
+        acc[:] = _HALF
+        for t in range(v_weights.shape[1]):
+            k = v_weights[r, t]
+            row = wide[min(f + t, h - 1)]
+            for c in range(size):
+                acc[c] = np.int32(acc[c] + np.int32(row[c]) * k)
+        for c in range(size):
+            value = acc[c] >> PRECISION_BITS
+            out[r, c] = 0 if value < 0 else (255 if value > 255 else value)
 
 
 @njit(cache=True, nogil=True, boundscheck=False, inline="always")

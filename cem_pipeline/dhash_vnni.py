@@ -21,7 +21,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .dhash import _HALF, PRECISION_BITS, _moments, _taps, _upsample, _vertical_first
+from .dhash import _HALF, PRECISION_BITS, _moments, _taps, _vertical_first, enlarge_columns
 
 ROWS = 7  # rows per sweep: 21 accumulators + 3 weight vectors fit the 32 vector registers
 BLOCK = 64  # bytes per VPDPBUSD
@@ -31,14 +31,15 @@ _V16 = ir.VectorType(ir.IntType(32), 16)
 
 @lru_cache(maxsize=1)
 def available() -> bool:
-    """True when numba compiles for this host and the host has AVX-512 VNNI."""
+    """True when numba compiles for this host and the host has AVX-512 VNNI and VBMI (Ice Lake and
+    Zen 4 onwards; Cascade Lake, with VNNI but no VBMI, takes the float kernel)."""
     import llvmlite.binding as llvm
     from numba import config
 
     if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
         return False
     features = llvm.get_host_cpu_features()
-    return bool(features.get("avx512f")) and bool(features.get("avx512vnni"))
+    return all(features.get(name) for name in ("avx512f", "avx512bw", "avx512vnni", "avx512vbmi"))
 
 
 @intrinsic
@@ -128,6 +129,78 @@ def _row_moments(typingctx, first, row_stride, rows, width):
         centred_total = builder.sext(builder.call(reduce_add, [builder.load(centred)]), ir.IntType(64))
         square = builder.add(centred_total, builder.mul(total, ir.Constant(ir.IntType(64), 128)))
         return context.make_tuple(builder, signature.return_type, [total, square])
+
+    return sig, codegen
+
+
+_B64 = ir.VectorType(ir.IntType(8), BLOCK)
+ENLARGED = 4 * BLOCK  # bytes per enlarged row buffer: the 224 outputs in whole BLOCKs
+
+
+@intrinsic
+def _enlarge_row(typingctx, source, width, index, weights0, weights1, target):
+    """Pillow's horizontal BILINEAR enlargement of one byte row of `width` <= 256 px to ENLARGED
+    outputs (addresses; index: ENLARGED bytes, each output's first input; weights: ENLARGED int32
+    per tap). VPERMI2B picks 64 outputs' taps at a time from the row held in four registers
+    (read with masked loads, never past its end), where a scalar loop pays one load per tap."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        source, width, index, weights0, weights1, target = args
+        intp = width.type
+        i1x64 = ir.VectorType(ir.IntType(1), BLOCK)
+        i32x16 = _V16
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_B64, [ir.PointerType(), ir.IntType(32), i1x64, _B64]), "llvm.masked.load.v64i8.p0")
+        permute = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_B64, [_B64, _B64, _B64]), "llvm.x86.avx512.vpermi2var.qi.512")
+        lanes = ir.Constant(ir.VectorType(intp, BLOCK), list(range(BLOCK)))
+        splat_width = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(intp, BLOCK), None), width, ir.Constant(ir.IntType(32), 0)),
+            ir.Constant(ir.VectorType(intp, BLOCK), None), ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), [0] * BLOCK))
+        table = []
+        for part in range(4):
+            start = ir.Constant(ir.VectorType(intp, BLOCK), [part * BLOCK] * BLOCK)
+            valid = builder.icmp_unsigned("<", builder.add(lanes, start), splat_width)
+            address = builder.inttoptr(builder.add(source, ir.Constant(intp, part * BLOCK)), ir.PointerType())
+            table.append(builder.call(masked_load, [address, ir.Constant(ir.IntType(32), 1), valid,
+                                                    ir.Constant(_B64, [0] * BLOCK)]))
+        high_half = ir.Constant(_B64, [128] * BLOCK)
+        one = ir.Constant(_B64, [1] * BLOCK)
+
+        def pick(idx):
+            low = builder.call(permute, [table[0], idx, table[1]])
+            high = builder.call(permute, [table[2], idx, table[3]])
+            return builder.select(builder.icmp_unsigned(">=", idx, high_half), high, low)
+
+        def load32(base, offset):
+            address = builder.inttoptr(builder.add(base, ir.Constant(intp, offset)), ir.PointerType())
+            return builder.load(address, typ=i32x16, align=1)
+
+        index32 = ir.IntType(32)
+        for group in range(ENLARGED // BLOCK):
+            address = builder.inttoptr(builder.add(index, ir.Constant(intp, group * BLOCK)), ir.PointerType())
+            idx = builder.load(address, typ=_B64, align=1)
+            taps = (pick(idx), pick(builder.add(idx, one)))
+            quarters = []
+            for quarter in range(4):
+                lane_ids = ir.Constant(ir.VectorType(index32, 16), list(range(16 * quarter, 16 * quarter + 16)))
+                total = ir.Constant(i32x16, [_HALF] * 16)
+                for tap, weights in zip(taps, (weights0, weights1)):
+                    pixels = builder.zext(builder.shuffle_vector(tap, tap, lane_ids), i32x16)
+                    total = builder.add(total, builder.mul(pixels, load32(weights, 4 * (group * BLOCK + 16 * quarter))))
+                value = builder.ashr(total, ir.Constant(i32x16, [PRECISION_BITS] * 16))
+                value = builder.select(builder.icmp_signed("<", value, ir.Constant(i32x16, [0] * 16)),
+                                       ir.Constant(i32x16, [0] * 16), value)
+                value = builder.select(builder.icmp_signed(">", value, ir.Constant(i32x16, [255] * 16)),
+                                       ir.Constant(i32x16, [255] * 16), value)
+                quarters.append(builder.trunc(value, ir.VectorType(ir.IntType(8), 16)))
+            halves = [builder.shuffle_vector(quarters[2 * h], quarters[2 * h + 1],
+                                             ir.Constant(ir.VectorType(index32, 32), list(range(32)))) for h in range(2)]
+            row = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(index32, BLOCK), list(range(BLOCK))))
+            out = builder.inttoptr(builder.add(target, ir.Constant(intp, group * BLOCK)), ir.PointerType())
+            builder.store(row, out, align=1)
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -246,12 +319,20 @@ def hash_tiles_kernel(tiles, hstart, hblocks, htable, vstart, vblocks, vtable,
 @njit(cache=True, nogil=True, boundscheck=False)
 def hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hstart, hblocks, htable,
                             vstart, vblocks, vtable, hashes, totals, squares):  # pragma: no cover - compiled
-    """Tiles no larger than 224 on either side: BILINEAR-enlarged to 224 exactly, then hashed;
-    the sums are of the tile itself."""
+    """Tiles no larger than 224 on either side: BILINEAR-enlarged to 224 exactly (BILINEAR
+    enlargement has at most two taps per output), then hashed; the sums are of the tile itself."""
     n_planes, n_rows, h, n_cols, w = tiles.shape
     size = v_first.shape[0]
-    wide = np.zeros((h, size), np.int32)
-    packed = np.zeros(w, np.uint32)
+    if h_weights.shape[0] > 2:
+        raise ValueError("a BILINEAR enlargement with more than two taps per output")
+    first = np.zeros(ENLARGED, np.uint8)
+    weights = np.zeros((2, ENLARGED), np.int32)
+    for c in range(size):
+        first[c] = h_first[c]
+        for t in range(min(2, h_weights.shape[0])):
+            weights[t, c] = h_weights[t, c]
+    wide = np.zeros((h, ENLARGED), np.uint8)
+    acc = np.empty(size, np.int32)
     square = np.zeros((size, size), np.uint8)
     mid = np.zeros((2 * ROWS, size), np.uint8)
     small = np.zeros((vstart.shape[0], hstart.shape[0]), np.int32)
@@ -261,7 +342,14 @@ def hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hstar
             for k in range(n_cols):
                 tile = tiles[p, i, :, k, :]
                 totals[index], squares[index] = _moments(tile)
-                _upsample(tile, h_first, h_weights, v_first, v_weights, packed, wide, square)
+                for r in range(h):
+                    if w == size:
+                        for c in range(size):
+                            wide[r, c] = tile[r, c]
+                    else:
+                        _enlarge_row(tile[r].ctypes.data, w, first.ctypes.data, weights[0].ctypes.data,
+                                     weights[1].ctypes.data, wide[r].ctypes.data)
+                enlarge_columns(wide, h, v_first, v_weights, acc, square)
                 hashes[index] = _lanczos_bits(square, hstart, hblocks, htable, vstart, vblocks, vtable, mid, small)[0]
                 index += 1
 
