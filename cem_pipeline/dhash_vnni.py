@@ -42,14 +42,38 @@ def available() -> bool:
     return all(features.get(name) for name in ("avx512f", "avx512bw", "avx512vnni", "avx512vbmi"))
 
 
+def _halves(builder, a, b, width: int):
+    """Lane-wise partial sums of two vectors' runs of `width` lanes, packed into one vector."""
+    low = [base + i for base in range(0, 16, 2 * width) for i in range(width)]
+    high = [i + width for i in low]
+    index = ir.VectorType(ir.IntType(32), 16)
+    pick_low = ir.Constant(index, low[:8] + [16 + i for i in low[:8]])
+    pick_high = ir.Constant(index, high[:8] + [16 + i for i in high[:8]])
+    return builder.add(builder.shuffle_vector(a, b, pick_low), builder.shuffle_vector(a, b, pick_high))
+
+
+def _transpose_reduce(builder, vectors):
+    """Eight <16 x i32> vectors -> one <8 x i32> of their sums: a shuffle-and-add tree shared by
+    all eight instead of eight reduction trees and eight scalar extracts."""
+    width = 8
+    while len(vectors) > 1:
+        vectors = [_halves(builder, vectors[i], vectors[i + 1], width) for i in range(0, len(vectors), 2)]
+        width //= 2
+    last = vectors[0]
+    index = ir.VectorType(ir.IntType(32), 8)
+    return builder.add(builder.shuffle_vector(last, last, ir.Constant(index, list(range(0, 16, 2)))),
+                       builder.shuffle_vector(last, last, ir.Constant(index, list(range(1, 16, 2)))))
+
+
 @intrinsic
-def _dot_rows(typingctx, first, row_stride, weights, limb_stride, blocks):
-    """ROWS exact int32 dot products of the byte rows at first + k * row_stride (k < ROWS) with
-    the three weight limbs at weights + l * limb_stride, over BLOCK * blocks bytes (addresses)."""
-    sig = types.UniTuple(types.int32, ROWS)(types.intp, types.intp, types.intp, types.intp, types.intp)
+def _dot_rows(typingctx, first, row_stride, weights, limb_stride, blocks, target):
+    """Pillow's rounded, clipped bytes of ROWS exact int32 dot products: the byte rows at
+    first + k * row_stride (k < ROWS) with the three weight limbs at weights + l * limb_stride,
+    over BLOCK * blocks bytes, written to target[0:ROWS] (addresses; target[ROWS] gets a 0)."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        first, stride, wbase, lstride, nblocks = args
+        first, stride, wbase, lstride, nblocks, target = args
         dpbusd = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.x86.avx512.vpdpbusd.512")
         zero = ir.Constant(_V16, [0] * 16)
@@ -73,9 +97,14 @@ def _dot_rows(typingctx, first, row_stride, weights, limb_stride, blocks):
             low, mid, high = (builder.load(a) for a in accs[k])
             rows.append(builder.add(low, builder.add(builder.shl(mid, ir.Constant(_V16, [8] * 16)),
                                                      builder.shl(high, ir.Constant(_V16, [16] * 16)))))
-        reduce_add = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(32), [_V16]), "llvm.vector.reduce.add.v16i32")
-        return context.make_tuple(builder, signature.return_type, [builder.call(reduce_add, [r]) for r in rows])
+        sums = _transpose_reduce(builder, rows + [zero])
+        v8 = ir.VectorType(ir.IntType(32), 8)
+        value = builder.ashr(builder.add(sums, ir.Constant(v8, [_HALF] * 8)), ir.Constant(v8, [PRECISION_BITS] * 8))
+        value = builder.select(builder.icmp_signed("<", value, ir.Constant(v8, [0] * 8)), ir.Constant(v8, [0] * 8), value)
+        value = builder.select(builder.icmp_signed(">", value, ir.Constant(v8, [255] * 8)), ir.Constant(v8, [255] * 8), value)
+        out = builder.inttoptr(target, ir.VectorType(ir.IntType(8), 8).as_pointer())
+        builder.store(builder.trunc(value, ir.VectorType(ir.IntType(8), 8)), out, align=1)
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -256,19 +285,13 @@ def plan(size: int, hash_size: int) -> tuple[np.ndarray, ...]:
     return _pass_plan(size, hash_size + 1) + _pass_plan(size, hash_size)
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
-def _round8(total):  # pragma: no cover - compiled
-    """Pillow's rounding and clipping of one exact fixed-point sum to a byte."""
-    value = (total + np.int32(_HALF)) >> PRECISION_BITS
-    return 0 if value < 0 else (255 if value > 255 else value)
-
-
 @njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _lanczos_bits(tile, hstart, hblocks, htable, vstart, vblocks, vtable, mid, small):  # pragma: no cover - compiled
     """(dHash bits, pixel sum, sum of squares) of one square uint8 tile whose rows are contiguous.
 
     `mid` holds the horizontal pass as (columns, rows) bytes, padded to 2 * ROWS columns so the
-    vertical pass can sweep ROWS columns at a time like the horizontal pass sweeps rows.
+    vertical pass can sweep ROWS columns at a time like the horizontal pass sweeps rows, and by
+    8 bytes per row for the eighth byte each sweep writes; `small` (out_h, 2 * ROWS + 1) bytes.
     """
     h = tile.shape[0]
     out_w = hstart.shape[0]
@@ -276,23 +299,19 @@ def _lanczos_bits(tile, hstart, hblocks, htable, vstart, vblocks, vtable, mid, s
     base = tile.ctypes.data
     stride = tile.strides[0]
     htable_base = htable.ctypes.data
-    hrow = htable.strides[0]
-    hlimb = htable.strides[1]
     total, square = _row_moments(base, stride, h, tile.shape[1])
-    for r in range(0, h, ROWS):
-        for j in range(out_w):
-            sums = _dot_rows(base + r * stride + hstart[j], stride, htable_base + j * hrow, hlimb, hblocks[j])
-            for k in range(ROWS):
-                mid[j, r + k] = _round8(sums[k])
     mid_base = mid.ctypes.data
     mid_row = mid.strides[0]
+    for r in range(0, h, ROWS):
+        for j in range(out_w):
+            _dot_rows(base + r * stride + hstart[j], stride, htable_base + j * htable.strides[0], htable.strides[1],
+                      hblocks[j], mid_base + j * mid_row + r)
     vtable_base = vtable.ctypes.data
+    small_base = small.ctypes.data
     for o in range(out_h):
         for j0 in range(0, out_w, ROWS):
-            sums = _dot_rows(mid_base + j0 * mid_row + vstart[o], mid_row, vtable_base + o * vtable.strides[0],
-                             vtable.strides[1], vblocks[o])
-            for k in range(min(ROWS, out_w - j0)):
-                small[o, j0 + k] = _round8(sums[k])
+            _dot_rows(mid_base + j0 * mid_row + vstart[o], mid_row, vtable_base + o * vtable.strides[0],
+                      vtable.strides[1], vblocks[o], small_base + o * small.strides[0] + j0)
     bits = np.uint64(0)
     for o in range(out_h):
         for j in range(out_w - 1):
@@ -305,8 +324,8 @@ def hash_tiles_kernel(tiles, hstart, hblocks, htable, vstart, vblocks, vtable,
                       hashes, totals, squares):  # pragma: no cover - compiled
     """Every 224 x 224 tile of a (planes, rows, h, cols, w) view with contiguous rows, hashed where it lies."""
     n_planes, n_rows, h, n_cols, _ = tiles.shape
-    mid = np.zeros((2 * ROWS, h), np.uint8)
-    small = np.zeros((vstart.shape[0], hstart.shape[0]), np.int32)
+    mid = np.zeros((2 * ROWS, h + 8), np.uint8)
+    small = np.zeros((vstart.shape[0], 2 * ROWS + 1), np.uint8)
     index = 0
     for p in range(n_planes):
         for i in range(n_rows):
@@ -334,8 +353,8 @@ def hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hstar
     wide = np.zeros((h, ENLARGED), np.uint8)
     acc = np.empty(size, np.int32)
     square = np.zeros((size, size), np.uint8)
-    mid = np.zeros((2 * ROWS, size), np.uint8)
-    small = np.zeros((vstart.shape[0], hstart.shape[0]), np.int32)
+    mid = np.zeros((2 * ROWS, size + 8), np.uint8)
+    small = np.zeros((vstart.shape[0], 2 * ROWS + 1), np.uint8)
     index = 0
     for p in range(n_planes):
         for i in range(n_rows):
