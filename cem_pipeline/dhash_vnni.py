@@ -1,12 +1,13 @@
-"""The dHash tile kernel in exact integer arithmetic on x86 CPUs with AVX-512 VNNI.
+"""The dHash tile kernel in exact integer arithmetic, on x86 CPUs with AVX-512 VNNI and VBMI.
 
 Pillow's LANCZOS passes are integer dot products (uint8 pixels x 22-bit fixed-point weights,
 summed in int32). Each weight is split into three signed bytes, w = l0 + 256 l1 + 65536 l2, so
 one VPDPBUSD multiplies 64 pixels by 64 limb bytes and accumulates in int32: three instructions
 per 64 taps give Pillow's own sums, bit for bit, with no rounding to settle, no float copy of
-the tile, and a quarter of the float kernel's memory loads (what bounds that kernel). int32
+the tile, and well under half the float kernel's vector loads (what bounds that kernel). int32
 wraparound is harmless: the true sum fits int32 (checked when the weights are planned), so the
-wrapped partial sums add up to it exactly.
+wrapped partial sums add up to it exactly. Edge patches are enlarged with VPERMI2B (VBMI) byte
+permutes. The vector code is LLVM IR emitted through numba intrinsics.
 
 `available()` says whether this CPU and numba's target allow it; dhash falls back to its float
 kernel otherwise, and both are tested against imagehash.
