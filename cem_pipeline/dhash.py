@@ -32,6 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 from numba import njit
 
+from .patch_stats import tile_sums
+
 PATCH_SIZE = 224
 PRECISION_BITS = 32 - 8 - 2
 _ONE = 1 << PRECISION_BITS
@@ -431,23 +433,6 @@ def enlarge_columns(wide, h, v_first, v_weights, acc, out):  # pragma: no cover 
             out[r, c] = 0 if value < 0 else (255 if value > 255 else value)
 
 
-@njit(cache=True, nogil=True, boundscheck=False, inline="always")
-def _moments(tile):  # pragma: no cover - compiled
-    """Pixel sum and sum of squares of a tile of at most 224 x 224 (a row's fit int32)."""
-    total = np.int64(0)
-    square = np.int64(0)
-    for r in range(tile.shape[0]):
-        row_total = np.int32(0)
-        row_square = np.int32(0)
-        for c in range(tile.shape[1]):
-            v = np.int32(tile[r, c])
-            row_total = np.int32(row_total + v)
-            row_square = np.int32(row_square + v * v)
-        total += row_total
-        square += row_square
-    return total, square
-
-
 @njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hf, hi, hfirst, hcount, hbound,
                              vf, vi, vfirst, vcount, vbound, hashes, totals, squares):  # pragma: no cover - compiled
@@ -464,7 +449,7 @@ def _hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hf, 
         for i in range(n_rows):
             for k in range(n_cols):
                 tile = tiles[p, i, :, k, :]
-                totals[index], squares[index] = _moments(tile)
+                totals[index], squares[index] = tile_sums(tile)
                 _upsample(tile, h_first, h_weights, v_first, v_weights, packed, wide, square)
                 hashes[index] = _lanczos_bits(square, hf, hi, hfirst, hcount, hbound, vf, vi, vfirst, vcount, vbound,
                                               rows, sums, mid, small_sums, small, unsure)[0]

@@ -22,7 +22,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .dhash import _HALF, PRECISION_BITS, _moments, _taps, _vertical_first, enlarge_columns
+from .dhash import _HALF, PRECISION_BITS, _taps, _vertical_first, enlarge_columns
+from .patch_stats import tile_sums
 
 ROWS = 7  # rows per sweep: 21 accumulators + 3 weight vectors fit the 32 vector registers
 BLOCK = 64  # bytes per VPDPBUSD
@@ -361,7 +362,7 @@ def hash_small_tiles_kernel(tiles, h_first, h_weights, v_first, v_weights, hstar
         for i in range(n_rows):
             for k in range(n_cols):
                 tile = tiles[p, i, :, k, :]
-                totals[index], squares[index] = _moments(tile)
+                totals[index], squares[index] = tile_sums(tile)
                 for r in range(h):
                     if w == size:
                         for c in range(size):

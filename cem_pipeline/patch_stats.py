@@ -9,21 +9,31 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def tile_sums(tile):  # pragma: no cover - compiled
+    """Exact sum and sum of squares of one uint8 patch (any strides; rows up to 33,000 px, whose
+    squares fit the int32 row sums that let the loop vectorise)."""
+    total = np.int64(0)
+    square = np.int64(0)
+    for r in range(tile.shape[0]):
+        row_total = np.int32(0)
+        row_square = np.int32(0)
+        for c in range(tile.shape[1]):
+            v = np.int32(tile[r, c])
+            row_total = np.int32(row_total + v)
+            row_square = np.int32(row_square + v * v)
+        total += row_total
+        square += row_square
+    return total, square
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def _sums(stack):  # pragma: no cover - compiled
     n = stack.shape[0]
     totals = np.zeros(n, np.int64)
     squares = np.zeros(n, np.int64)
     for b in range(n):
-        total = 0
-        square = 0
-        for r in range(stack.shape[1]):
-            for c in range(stack.shape[2]):
-                v = np.int64(stack[b, r, c])
-                total += v
-                square += v * v
-        totals[b] = total
-        squares[b] = square
+        totals[b], squares[b] = tile_sums(stack[b])
     return totals, squares
 
 
