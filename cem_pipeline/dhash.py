@@ -175,6 +175,21 @@ def resize_like_pillow(batch: np.ndarray, out_h: int, out_w: int, filter_name: s
     return _vertical_pass(out, out_h, filter_name) if h != out_h else out
 
 
+def lanczos_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A LANCZOS pass's taps, refused when Pillow's int32 sums could overflow (both tile kernels
+    rely on the exact sum fitting int32)."""
+    weights, first, last = _taps(in_size, out_size, "lanczos")
+    if 255 * int(np.abs(weights.astype(np.int64)).sum(axis=0).max()) + _HALF >= 2**31:
+        raise ValueError(f"fixed-point sums of a {in_size}->{out_size} resize would overflow int32")
+    return weights, first, last
+
+
+def check_hash_resize(size: int, hash_size: int) -> None:
+    """The tile kernels run the horizontal pass first; refuse shapes Pillow would resize vertically first."""
+    if _vertical_first(size, size, hash_size, hash_size + 1):
+        raise ValueError(f"Pillow would resize {size}x{size} -> {hash_size + 1}x{hash_size} vertically first")
+
+
 SIMD_TAPS = 16
 _UNIT_ROUNDOFF = 2.0**-24
 
@@ -188,9 +203,7 @@ def _float_pass(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
     rigorous bound on the float32 sum's error for inputs in [0, 255] whatever the summation
     order (gamma_n * 255 * sum|w|, Higham's bound) plus the rounding of adding 0.5.
     """
-    weights, first, last = _taps(in_size, out_size, "lanczos")
-    if 255 * int(np.abs(weights.astype(np.int64)).sum(axis=0).max()) + _HALF >= 2**31:
-        raise ValueError(f"fixed-point sums of a {in_size}->{out_size} resize would overflow int32")
+    weights, first, last = lanczos_taps(in_size, out_size)
     count = -(-(last - first) // SIMD_TAPS) * SIMD_TAPS
     width = int(count.max())
     as_float = np.zeros((out_size, width), np.float32)
@@ -208,8 +221,7 @@ def _float_pass(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
 @lru_cache(maxsize=16)
 def _lanczos_plan(size: int, hash_size: int) -> tuple[np.ndarray, ...]:
     """Both LANCZOS passes (size -> hash_size + 1 wide, then hash_size high) for the tile kernel."""
-    if _vertical_first(size, size, hash_size, hash_size + 1):
-        raise ValueError(f"Pillow would resize {size}x{size} -> {hash_size + 1}x{hash_size} vertically first")
+    check_hash_resize(size, hash_size)
     if size % ROWS_PER_SWEEP or size % 8:
         raise ValueError(f"the tile kernel needs a size divisible by {ROWS_PER_SWEEP} and 8, got {size}")
     return _float_pass(size, hash_size + 1) + _float_pass(size, hash_size)

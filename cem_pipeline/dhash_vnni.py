@@ -22,7 +22,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .dhash import _HALF, PRECISION_BITS, _taps, _vertical_first, enlarge_columns
+from .dhash import _HALF, PRECISION_BITS, check_hash_resize, enlarge_columns, lanczos_taps
 from .patch_stats import tile_sums
 
 ROWS = 7  # rows per sweep: 21 accumulators + 3 weight vectors fit the 32 vector registers
@@ -248,14 +248,17 @@ def _limbs(weights: np.ndarray) -> np.ndarray:
     return np.stack([low, mid, high]).astype(np.int8)
 
 
+def _window_bytes(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Each output's tap window rounded up to whole BLOCKs."""
+    return -(-(last - first) // BLOCK) * BLOCK
+
+
 @lru_cache(maxsize=16)
 def _pass_plan(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One LANCZOS pass: each output's window start and BLOCK count (windows moved left so they
     end inside the input; the extra taps weigh 0) and its limbs as (out, 3, width) int8."""
-    weights, first, last = _taps(in_size, out_size, "lanczos")
-    if 255 * int(np.abs(weights.astype(np.int64)).sum(axis=0).max()) + _HALF >= 2**31:
-        raise ValueError(f"fixed-point sums of a {in_size}->{out_size} resize would overflow int32")
-    count = -(-(last - first) // BLOCK) * BLOCK
+    weights, first, last = lanczos_taps(in_size, out_size)
+    count = _window_bytes(first, last)
     if (count > in_size).any():
         raise ValueError(f"a {in_size}-px pass needs windows of at most {in_size} px")
     start = np.minimum(first, in_size - count)
@@ -267,12 +270,13 @@ def _pass_plan(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.
     return start.astype(np.intp), (count // BLOCK).astype(np.intp), table
 
 
+@lru_cache(maxsize=16)
 def fits(size: int, hash_size: int) -> bool:
     """Whether every LANCZOS window, in whole BLOCKs, fits inside a row: true for hash sizes 7 and 8
     at 224 px (smaller hashes average wider windows; they take the float kernel)."""
     for out_size in (hash_size + 1, hash_size):
-        _, first, last = _taps(size, out_size, "lanczos")
-        if (-(-(last - first) // BLOCK) * BLOCK > size).any():
+        _, first, last = lanczos_taps(size, out_size)
+        if (_window_bytes(first, last) > size).any():
             return False
     return True
 
@@ -280,8 +284,7 @@ def fits(size: int, hash_size: int) -> bool:
 @lru_cache(maxsize=16)
 def plan(size: int, hash_size: int) -> tuple[np.ndarray, ...]:
     """Both LANCZOS passes (size -> hash_size + 1 wide, then hash_size high) for the tile kernel."""
-    if _vertical_first(size, size, hash_size, hash_size + 1):
-        raise ValueError(f"Pillow would resize {size}x{size} -> {hash_size + 1}x{hash_size} vertically first")
+    check_hash_resize(size, hash_size)
     if size % ROWS:
         raise ValueError(f"the tile kernel needs a size divisible by {ROWS}, got {size}")
     return _pass_plan(size, hash_size + 1) + _pass_plan(size, hash_size)
