@@ -4,7 +4,7 @@ Per volume the graph is: probe (open lazily, plan shape / planes / chunks / down
 -> for non-uint8 sources, per-block min/max/NaN counts, then per-block histograms -> the volume's
 intensity mapping -> per-block tasks that standardise a chunk-aligned block, write it to
 store.zarr, and hash every patch of every plane that starts in it where it lies in the block
-(dhash.hash_tiles: xy/xz patches are views, yz ones come from one tiled transpose of the block,
+(dhash.hash_tiles: xy/xz patches are views, yz ones come from one transpose of the block (tiling.yz_planes),
 edge patches are enlarged inside the kernel; only patches over 224 px are copied out for dhash_patches)
 -> a finalize task that writes the volume's catalog part atomically. The client writes a
 done-marker (WORKDIR/ingest/done/<dataset>/<key>.json) only after that, so a killed run
