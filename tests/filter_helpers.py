@@ -17,9 +17,14 @@ import pyarrow.parquet as pq
 import zarr
 from scipy.ndimage import gaussian_filter
 
-from cem_pipeline.catalog import CATALOG_SCHEMA, catalog_dir, patch_id, write_stage_part
+from cem_pipeline.core.catalog import (
+    CATALOG_SCHEMA,
+    catalog_dir,
+    patch_id,
+    write_stage_part,
+)
+from cem_pipeline.core.workdir import Workdir
 from cem_pipeline.filter.labels import write_labels
-from cem_pipeline.workdir import Workdir
 
 TILE = 64
 

@@ -1,2 +1,4 @@
-"""Near-duplicate removal: greedy dHash clustering per group (kernel), the paper's loop (reference),
-Dask assembly over the catalog with per-group incremental state (graph), and reports (report)."""
+"""Deduplication (paper: 'Deduplication'). Reads: the catalog's dHashes. Writes: the `dedup` stage
+table (cluster_id, is_exemplar, distance_to_leader) and per-group state for incremental re-runs.
+kernel is the greedy dHash clustering of one group, reference the paper's plain loop, graph the
+Dask assembly over the catalog, report the tables and montage."""

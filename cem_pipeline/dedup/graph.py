@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from .. import catalog
-from .kernel import cluster_ordered, group_rng, max_distance
+from cem_pipeline.core import catalog
+from cem_pipeline.dedup.kernel import cluster_ordered, group_rng, max_distance
 
 ALGORITHM_VERSION = 1  # bump when a change alters results, so every group recomputes
 BYTES_PER_PATCH = 130  # peak memory of one group's task per patch (module docstring), with margin

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernel import Clusters
+from cem_pipeline.dedup.kernel import Clusters
 
 
 def _as_bits(hashes: np.ndarray) -> np.ndarray:

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from .. import catalog
-from ..patches import read_patches
-from ..workdir import Workdir
+from cem_pipeline.core import catalog
+from cem_pipeline.core.patches import read_patches
+from cem_pipeline.core.workdir import Workdir
 
 TILE = 112  # montage tile edge in pixels (patches are downsampled 2x)
 

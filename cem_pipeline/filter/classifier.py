@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import FilterConfig
-from .holdout import HoldoutResult, stratified_split
+from cem_pipeline.core.config import FilterConfig
+from cem_pipeline.filter.holdout import HoldoutResult, stratified_split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -5,8 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import FilterConfig
-from .holdout import HoldoutResult, stratified_split
+from cem_pipeline.core.config import FilterConfig
+from cem_pipeline.filter.holdout import HoldoutResult, stratified_split
 
 FEATURE_NAMES = ("lbp_std", "geometric_mean_median", "entropy_std", "canny_mean")
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..patches import read_patches
+from cem_pipeline.core.patches import read_patches
 
 
 def _pyplot():

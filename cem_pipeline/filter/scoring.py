@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from distributed import Client, WorkerPlugin, get_worker
 
-from ..catalog import write_stage_part
-from ..patches import read_patches
-from .classifier import classifier_from_state, normalize, to_input
-from .features import forest_scores
+from cem_pipeline.core.catalog import write_stage_part
+from cem_pipeline.core.patches import read_patches
+from cem_pipeline.filter.classifier import classifier_from_state, normalize, to_input
+from cem_pipeline.filter.features import forest_scores
 
 PLUGIN_NAME = "cem-filter-scorer"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..catalog import read_catalog
+from cem_pipeline.core.catalog import read_catalog
 
 
 def filter_candidates(workdir: Path) -> tuple[pd.DataFrame, str]:

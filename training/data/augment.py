@@ -219,7 +219,7 @@ def augment_views_cpu(images: torch.Tensor, views: list[ViewParams], mean: float
     an array from `buffers` when given)."""
     import numba
 
-    from .augment_kernels import NORMAL_TABLE, augment_view_batch
+    from training.data.kernels import NORMAL_TABLE, augment_view_batch
 
     batch = images.shape[0]
     params = _concat(views)

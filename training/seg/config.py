@@ -12,7 +12,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cem_pipeline.config import ConfigError, Section, describe_errors, read_yaml_mapping
+from cem_pipeline.core.config import (
+    ConfigError,
+    Section,
+    describe_errors,
+    read_yaml_mapping,
+)
 
 Layout = Literal["folders2d", "guay", "urocell", "cremi"]
 MaskEncoding = Literal["identity", "nonzero", "divide255", "zero_is_foreground"]
@@ -68,7 +73,8 @@ class ModelConfig(Section):
         "Default: none for a checkpoint encoder (paper), all for random",
     )
     freeze_bn_stats: bool = Field(False, description="also stop running-stat updates of frozen BN layers (paper: they update)")
-    norms: tuple[float, float] | None = Field(None, description="(mean, std) on [0,1] pixels; default: checkpoint norms, else training-set stats")
+    norms: tuple[float, float] | None = Field(
+        None, description="(mean, std) on [0,1] pixels; default: checkpoint norms, else training-set stats")
 
     @model_validator(mode="after")
     def _checkpoint_given(self) -> "ModelConfig":

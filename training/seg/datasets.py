@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, Split2D, resolve_path
+from training.seg.config import DataConfig, Split2D, resolve_path
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 CREMI_BACKGROUND = np.uint64(0xFFFFFFFFFFFFFFFF)

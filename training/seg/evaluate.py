@@ -12,12 +12,19 @@ from typing import Callable
 
 import numpy as np
 
-from .config import SegConfig, resolve_path
-from .datasets import EvalItem, load_benchmark
-from .infer import Predictor, encode_probs, infer_volume, predict_images, select_device, to_labels
-from .metrics import iou_counts, iou_from_counts, mean_iou, perez_filter
-from .report import save_overlay
-from .train import load_trained
+from training.seg.config import SegConfig, resolve_path
+from training.seg.datasets import EvalItem, load_benchmark
+from training.seg.infer import (
+    Predictor,
+    encode_probs,
+    infer_volume,
+    predict_images,
+    select_device,
+    to_labels,
+)
+from training.seg.metrics import iou_counts, iou_from_counts, mean_iou, perez_filter
+from training.seg.report import save_overlay
+from training.seg.train import load_trained
 
 
 def make_predictor(config: SegConfig) -> Predictor:
@@ -54,7 +61,8 @@ def predict_items(predictor: Predictor, items: list[EvalItem], config: SegConfig
         source = zarr.open_array(str(out_dir / f"{item.name}-image.zarr"), mode="w", shape=item.image.shape,
                                  chunks=tuple(min(s, 64) for s in item.image.shape), dtype="uint8")
         source[...] = item.image
-        group = infer_volume(predictor, source, out_dir / f"{item.name}.zarr", config.infer.mode, config.infer.slab, config.infer.prob_dtype)
+        group = infer_volume(predictor, source, out_dir / f"{item.name}.zarr", config.infer.mode, config.infer.slab,
+                             config.infer.prob_dtype)
         results[item.name] = group["labels"][...]
     return [results[i.name] for i in items]
 
@@ -103,7 +111,10 @@ def run_evaluation(config: SegConfig, log: Callable[[str], None] = print) -> dic
     mean, per_class = mean_iou(per_item)
     for item, pred in zip(items[: config.eval.overlays], predictions):
         middle = item.image.shape[0] // 2
-        image, truth, shown = (item.image, item.mask, pred) if item.image.ndim == 2 else (item.image[middle], item.mask[middle], pred[middle])
+        if item.image.ndim == 2:
+            image, truth, shown = item.image, item.mask, pred
+        else:
+            image, truth, shown = item.image[middle], item.mask[middle], pred[middle]
         save_overlay(image, truth, shown, out / "overlays" / f"{item.name}.png")
     metrics = {
         "name": config.name,

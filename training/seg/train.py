@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data.seg_pipeline import SegAugmentParams, SegmentationDataset
-
-from .config import SegConfig, resolve_path
-from .datasets import load_benchmark
-from .infer import select_device
-from .model import build_unet, freeze_encoder, load_encoder, set_train_mode
+from training.seg.config import SegConfig, resolve_path
+from training.seg.datasets import load_benchmark
+from training.seg.infer import select_device
+from training.seg.model import build_unet, freeze_encoder, load_encoder, set_train_mode
 
 RARE_FRACTION = 0.10
 NOISE_VAR = (400.0, 1200.0)  # Guay / All-Mito GaussNoise variance on 0-255 pixels
@@ -150,7 +149,10 @@ def run_training(config: SegConfig, log: Callable[[str], None] = print) -> Path:
     weights = None
     if config.model.num_classes > 1:
         cw = config.train.class_weights
-        weights = prevalence_weights(bench.train_masks, config.model.num_classes, config.train.background_classes) if cw in (None, "auto") else list(cw)
+        if cw in (None, "auto"):
+            weights = prevalence_weights(bench.train_masks, config.model.num_classes, config.train.background_classes)
+        else:
+            weights = list(cw)
         if len(weights) != config.model.num_classes:
             raise ValueError(f"{config.name}: {len(weights)} class weights for {config.model.num_classes} classes")
     dataset = SegmentationDataset(bench.train_images, bench.train_masks, config.train.crop_size, augment=True,

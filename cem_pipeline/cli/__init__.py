@@ -1,0 +1,32 @@
+"""The `cem` command. Each command group registers its subcommands from its own module here, and
+heavy libraries (torch, ffcv) are imported inside commands so that `cem --help` stays instant.
+Commands parse arguments and call the stage packages; they hold no pipeline logic."""
+from __future__ import annotations
+
+import typer
+
+from cem_pipeline.cli import (
+    cluster,
+    config,
+    dedup,
+    demo,
+    dhash,
+    export,
+    filter,
+    ingest,
+    seg,
+    train,
+)
+
+app = typer.Typer(
+    help="cem: curate cellular EM into a deduplicated, informative training set; pre-train and transfer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks: ours vs the paper's way, measured in the same run.", no_args_is_help=True)
+
+# the order `cem --help` lists them: the pipeline's order
+for group in (demo, ingest, dhash, dedup, filter, export, train, seg, cluster, config):
+    group.register(app, bench_app)
+app.add_typer(bench_app, name="bench")

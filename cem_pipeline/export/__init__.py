@@ -1,0 +1,4 @@
+"""Export. Reads: the catalog joined with the dedup and score stage tables, and the pixels in
+store.zarr. Writes: WORKDIR/export/*.beton (ffcv), their sidecars (sidecar: the schema trainers
+read) and the `export` stage table. select picks the rows, blocks reads them chunk by chunk,
+writer drives ffcv's DatasetWriter."""

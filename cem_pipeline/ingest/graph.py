@@ -1,0 +1,424 @@
+"""`cem ingest`: one Dask graph over every source volume — read, standardise, store, tile, hash, catalog.
+
+Per volume the graph is: probe (open lazily, plan shape / planes / chunks / downsampling)
+-> for non-uint8 sources, per-block min/max/NaN counts, then per-block histograms -> the volume's
+intensity mapping -> per-block tasks that standardise a chunk-aligned block, write it to
+store.zarr, and hash every patch of every plane that starts in it where it lies in the block
+(dhash.hash_tiles: xy/xz patches are views, yz ones come from one transpose of the block (tiling.yz_planes),
+edge patches are enlarged inside the kernel; only patches over 224 px are copied out for dhash_patches)
+-> a finalize task that writes the volume's catalog part atomically. The client writes a
+done-marker (WORKDIR/ingest/done/<dataset>/<key>.json) only after that, so a killed run
+leaves at most unmarked volumes, which the next run redoes from scratch (array recreated,
+part rewritten): the result equals an uninterrupted run. Every output is a pure function of
+the inputs, config and seed, so re-runs are identical.
+
+Any exception for a volume (its reader, its stats, any block) becomes one row of the errors
+table (dataset, file, reason, time); its partial array and catalog part are removed and every
+other volume completes. `ingest.fail_on_error` turns a non-empty errors table into a failure.
+
+Catalog rows (catalog.CATALOG_SCHEMA): patch_id = catalog.patch_id(dataset, volume, axis,
+slice, y, x) with volume = the array path "<dataset>/<key>"; axis/slice/y/x/h/w as in
+tiling.block_patches; dhash = dhash_patches (imagehash 4.3.2's 8x8 bool array flattened
+row-major, first element the most significant bit); mean/std (population) of the uint8 patch.
+Parts: catalog/dataset=<name>/<key>.parquet, rows sorted by (axis, slice, y, x).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cem_pipeline.core.catalog import CATALOG_SCHEMA, catalog_dir, patch_id
+from cem_pipeline.core.config import CemConfig, IngestConfig
+from cem_pipeline.core.store import (
+    create_volume,
+    delete_volume,
+    update_attrs,
+    write_region,
+)
+from cem_pipeline.core.workdir import Workdir
+from cem_pipeline.ingest import standardize, tiling
+from cem_pipeline.ingest.hashing.stats import moments_from_sums, patch_moments
+from cem_pipeline.sources.items import SourceError, VolumeItem
+from cem_pipeline.sources.manifest import expand_all, specs_of
+from cem_pipeline.sources.readers import ReaderError, open_volume
+
+ERRORS_SCHEMA = pa.schema([("dataset", pa.string()), ("file", pa.string()), ("reason", pa.string()),
+                           ("time", pa.timestamp("us", tz="UTC"))])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a block task needs about its volume; small and picklable."""
+
+    item: VolumeItem
+    store: str
+    source_shape: tuple[int, int, int]
+    dtype: str
+    channels: bool
+    kind: str
+    voxel_size: tuple | None
+    voxel_source: str | None
+    factor: int
+    shape: tuple[int, int, int]
+    axes: tuple[str, ...]
+    chunks: tuple[int, int, int]
+    settings: IngestConfig
+
+    @property
+    def identity(self) -> bool:
+        return np.dtype(self.dtype) == np.uint8
+
+    def raw_region(self, region) -> tuple[slice, slice, slice]:
+        f = self.factor
+        z, y, x = region
+        return (z, slice(y.start * f, y.stop * f), slice(x.start * f, x.stop * f))
+
+    def attrs(self) -> dict:
+        voxel = None if self.voxel_size is None else [None if v is None else float(v) for v in self.voxel_size]
+        return {
+            "source_file": self.item.files[0] if len(self.item.files) == 1 else self.item.source,
+            "source_shape": list(self.source_shape), "source_dtype": self.dtype, "kind": self.kind,
+            "voxel_size": voxel, "voxel_size_source": self.voxel_source if voxel else None,
+            "invert": self.item.invert, "downsample": self.factor, "planes": list(self.axes),
+            **({"n_files": len(self.item.files)} if self.item.format == "slices" else {}),
+            **self.item.metadata,
+        }
+
+
+def done_marker(workdir: Workdir, item: VolumeItem) -> Path:
+    return workdir.root / "ingest" / "done" / item.dataset / f"{item.key}.json"
+
+
+def part_path(workdir: Workdir, item: VolumeItem) -> Path:
+    return catalog_dir(workdir.root) / f"dataset={item.dataset}" / f"{item.key}.parquet"
+
+
+def _write_atomic_table(table: pa.Table, path: Path) -> None:
+    """tmp then rename; the tmp name starts with '.' so readers of the directory never see it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def downsample_factor(shape: tuple[int, int, int], max_volume_gb: float) -> int:
+    """Smallest in-plane integer factor that brings the uint8 volume under the size limit."""
+    z, y, x = shape
+    factor = 1
+    while z * (y // factor) * (x // factor) > max_volume_gb * 1e9 and min(y, x) // (factor + 1) >= 2:
+        factor += 1
+    return factor
+
+
+# ---- tasks (top-level functions: they run in worker processes) -------------------------------
+
+def probe(item: VolumeItem, settings: IngestConfig, store: str) -> Plan:
+    volume = open_volume(item)
+    source_shape = volume.shape
+    factor = downsample_factor(source_shape, settings.max_volume_gb)
+    z, y, x = source_shape
+    shape = (z, y // factor, x // factor)
+    voxel = volume.voxel_size
+    if voxel is not None and factor > 1:
+        voxel = (voxel[0], voxel[1] * factor, voxel[2] * factor)
+    axes = tiling.plane_axes(volume.kind if z > 1 else "image", voxel, settings.anisotropy_threshold, settings.unknown_spacing)
+    axes = tiling.productive_axes(axes, shape, settings.patch_size, settings.min_edge)
+    chunks = tiling.chunk_shape(shape, axes, settings.patch_size)
+    return Plan(
+        item=item, store=store, source_shape=source_shape, dtype=str(volume.data.dtype), channels=volume.channels,
+        kind=volume.kind, voxel_size=voxel, voxel_source=volume.meta.get("voxel_size_from", "file"), factor=factor,
+        shape=shape, axes=axes, chunks=chunks, settings=settings,
+    )
+
+
+def _read_raw(plan: Plan, region) -> np.ndarray:
+    data = open_volume(plan.item).data[plan.raw_region(region)]
+    return standardize.to_gray(np.asarray(data.compute(scheduler="synchronous")), plan.channels)
+
+
+def range_task(plan: Plan, region) -> tuple[float, float, int]:
+    return standardize.block_range(_read_raw(plan, region))
+
+
+def merge_ranges(plan: Plan, ranges: list) -> tuple[float, float]:
+    path = plan.attrs()["source_file"]
+    bad = sum(r[2] for r in ranges)
+    if bad:
+        raise ReaderError(path, f"{bad} NaN/inf values in a {plan.dtype} volume; NaN/inf sources are rejected")
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if lo == hi:
+        raise ReaderError(path, f"constant image (every pixel is {lo:g}); nothing to curate")
+    return lo, hi
+
+
+def histogram_task(plan: Plan, region, bounds: tuple[float, float]) -> np.ndarray:
+    spec = standardize.histogram_spec(np.dtype(plan.dtype), *bounds)
+    return standardize.block_histogram(_read_raw(plan, region), spec)
+
+
+def mapping_task(plan: Plan, bounds: tuple[float, float], histograms: list) -> standardize.Mapping:
+    spec = standardize.histogram_spec(np.dtype(plan.dtype), *bounds)
+    return standardize.percentile_mapping(np.sum(histograms, axis=0), spec, plan.settings.percentiles, *bounds)
+
+
+def block_task(plan: Plan, region, mapping: standardize.Mapping) -> tuple[pd.DataFrame, int, int]:
+    """Standardise one block, store it, and catalog every patch that starts in it."""
+    settings = plan.settings
+    data = standardize.apply(_read_raw(plan, region), mapping, plan.item.invert, plan.factor)
+    write_region(Path(plan.store), plan.item.array_path, region, data)
+    groups = tiling.block_patches(data, region, plan.shape, plan.axes, settings.patch_size, settings.min_edge)
+    frame = catalog_frame(plan.item, plan.attrs()["source_file"], groups, settings.hash_size)
+    return frame, int(data.min()), int(data.max())
+
+
+def catalog_frame(item: VolumeItem, source_file: str, groups: list, hash_size: int) -> pd.DataFrame:
+    """One catalog row per patch of the groups; one DataFrame per block (pandas' fixed cost per
+    frame, ~1 ms, would otherwise be paid for every plane axis and tile size)."""
+    volume = item.array_path
+    parts = [(group, *hash_and_moments(group, hash_size)) for group in groups if len(group.slices)]
+    if not parts:
+        return CATALOG_SCHEMA.empty_table().to_pandas()
+    n = sum(len(group.slices) for group, *_ in parts)
+    axes = np.concatenate([np.full(len(group.slices), group.axis, dtype=object) for group, *_ in parts])
+    slices = np.concatenate([group.slices for group, *_ in parts]).astype(np.int32)
+    ys = np.concatenate([group.ys for group, *_ in parts]).astype(np.int32)
+    xs = np.concatenate([group.xs for group, *_ in parts]).astype(np.int32)
+    return pd.DataFrame({
+        "patch_id": np.fromiter((patch_id(item.dataset, volume, a, int(s), int(y), int(x))
+                                 for a, s, y, x in zip(axes, slices, ys, xs)), dtype=np.int64, count=n),
+        "dataset": np.full(n, item.dataset, dtype=object),
+        "volume": np.full(n, volume, dtype=object),
+        "source_file": np.full(n, source_file, dtype=object),
+        "axis": axes,
+        "slice": slices,
+        "y": ys,
+        "x": xs,
+        "h": np.concatenate([np.full(len(group.slices), group.h, dtype=np.int32) for group, *_ in parts]),
+        "w": np.concatenate([np.full(len(group.slices), group.w, dtype=np.int32) for group, *_ in parts]),
+        "dhash": np.concatenate([hashes for _, hashes, _, _ in parts]),
+        "mean": np.concatenate([mean for _, _, mean, _ in parts]).astype(np.float32),
+        "std": np.concatenate([std for _, _, _, std in parts]).astype(np.float32),
+    })
+
+
+def hash_and_moments(group: tiling.PatchGroup, hash_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patches are hashed where they lie in the block (strided views; sums from the same pass);
+    only patches larger than 224 px, which the paper's call shrinks first, are copied out."""
+    from cem_pipeline.ingest.hashing import dhash_patches, hash_tiles
+    from cem_pipeline.ingest.hashing.pillow import PATCH_SIZE
+
+    if group.h <= PATCH_SIZE and group.w <= PATCH_SIZE:
+        hashes, totals, squares = hash_tiles(group.tiles, hash_size)
+        return (hashes, *moments_from_sums(totals, squares, group.h * group.w))
+    stack = group.stack()
+    return (dhash_patches(stack, hash_size), *patch_moments(stack))
+
+
+def load_kernels() -> None:
+    """Load (or compile) every compiled kernel a block task uses, on a tiny block: ~1 s per fresh
+    worker process (`kernel_load_seconds` in `cem bench ingest`) that would otherwise land on its first block."""
+    for shape in ((2, 3, 5), (2, 9, 8)):  # both yz transposes: byte copy, and SWAR with a y tail
+        block = np.zeros(shape, np.uint8)
+        region = tuple(slice(0, n) for n in shape)
+        for group in tiling.block_patches(block, region, shape, tiling.AXES, 2, 1):
+            hash_and_moments(group, 8)
+    tile = np.zeros((1, 224, 232), np.uint8)[:, :, :224].reshape(1, 1, 224, 1, 224)  # strided, like a block's views
+    hash_and_moments(tiling.PatchGroup("xy", np.zeros(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int32),
+                                       224, 224, tile), 8)
+
+
+def finalize_task(plan: Plan, mapping: standardize.Mapping, results: list, catalog_part: str) -> int:
+    """Write the volume's catalog part (atomically) and its intensity attrs; returns the row count."""
+    lo = min(r[1] for r in results)
+    hi = max(r[2] for r in results)
+    if lo == hi and plan.identity:
+        raise ReaderError(plan.attrs()["source_file"], f"constant image (every pixel is {lo}); nothing to curate")
+    frame = pd.concat([r[0] for r in results], ignore_index=True)
+    frame = frame.sort_values(["axis", "slice", "y", "x"], kind="stable").reset_index(drop=True)
+    update_attrs(Path(plan.store), plan.item.array_path, {"intensity": mapping.as_attrs()})
+    _write_atomic_table(pa.Table.from_pandas(frame, schema=CATALOG_SCHEMA, preserve_index=False), Path(catalog_part))
+    return len(frame)
+
+
+def cloudvolume_task(item: VolumeItem, settings: IngestConfig, store: str, seed: int, catalog_part: str) -> int:
+    """Sample, standardise (one mapping over all samples), store and catalog a CloudVolume dataset."""
+    from cem_pipeline.sources.readers.cloudvolume_reader import sample
+
+    n = item.samples or settings.cloudvolume_samples
+    raw, coords, info = sample(item.source, item.dataset, n, settings.patch_size, seed)
+    if raw.dtype == np.uint8:
+        mapping = standardize.Mapping("identity", 0.0, 255.0)
+    else:
+        lo, hi = float(raw.min()), float(raw.max())
+        spec = standardize.histogram_spec(raw.dtype, lo, hi)
+        mapping = standardize.percentile_mapping(standardize.block_histogram(raw, spec), spec, settings.percentiles, lo, hi)
+    data = standardize.apply(raw, mapping, item.invert)
+    shape = data.shape
+    voxel = info["resolution_xyz_nm"][::-1]
+    create_volume(Path(store), item.array_path, shape, (min(16, shape[0]), shape[1], shape[2]), {
+        "source_file": item.source, "kind": "samples", "coords_xyz": coords.tolist(), "voxel_size": voxel,
+        "voxel_size_source": "file", "invert": item.invert, "downsample": 1, "planes": ["xy"],
+        "intensity": mapping.as_attrs(), "sampling": {**info, "seed": seed}, **item.metadata,
+    })
+    write_region(Path(store), item.array_path, (slice(0, shape[0]), slice(None), slice(None)), data)
+    group = tiling.PatchGroup("xy", np.arange(shape[0], dtype=np.int32), np.zeros(shape[0], np.int32),
+                              np.zeros(shape[0], np.int32), shape[1], shape[2], data.reshape(shape[0], 1, shape[1], 1, shape[2]))
+    frame = catalog_frame(item, item.source, [group], settings.hash_size)
+    _write_atomic_table(pa.Table.from_pandas(frame, schema=CATALOG_SCHEMA, preserve_index=False), Path(catalog_part))
+    return len(frame)
+
+
+# ---- graph assembly and bookkeeping (client side) --------------------------------------------
+
+@dataclass
+class IngestSummary:
+    datasets: int = 0
+    volumes: int = 0
+    skipped: int = 0
+    ingested: int = 0
+    patches: int = 0
+    errors: list[SourceError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"datasets: {self.datasets}   volumes: {self.volumes}   already done: {self.skipped}   "
+            f"ingested now: {self.ingested}   errors: {len(self.errors)}",
+            f"patches written: {self.patches}   time: {self.seconds:.1f} s",
+        ]
+        out += [f"  ERROR [{e.dataset}] {e.file}: {e.reason}" for e in self.errors]
+        return out
+
+
+def write_errors(workdir: Workdir, errors: list[SourceError]) -> None:
+    now = pd.Timestamp.now(tz="UTC")
+    table = pa.table({
+        "dataset": [e.dataset for e in errors], "file": [e.file for e in errors], "reason": [e.reason for e in errors],
+        "time": pa.array([now] * len(errors), type=pa.timestamp("us", tz="UTC")),
+    }, schema=ERRORS_SCHEMA)
+    _write_atomic_table(table, workdir.errors)
+
+
+def _write_marker(workdir: Workdir, item: VolumeItem, rows: int) -> None:
+    path = done_marker(workdir, item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"array": item.array_path, "rows": rows, "files": list(item.files)}))
+    os.replace(tmp, path)
+
+
+def _submit_volume(client, plan: Plan, workdir: Workdir):
+    """The per-volume subgraph; returns (all futures, the finalize future)."""
+    settings = plan.settings
+    regions = tiling.blocks(plan.shape, plan.chunks, settings.block_mb * 1e6)
+    futures = []
+    if plan.identity:
+        mapping = standardize.Mapping("identity", 0.0, 255.0)
+    elif settings.intensity == "dtype_max":
+        ranges = [client.submit(range_task, plan, r, pure=False) for r in regions]
+        bounds = client.submit(merge_ranges, plan, ranges, pure=False)  # NaN/inf and constant checks
+        mapping = client.submit(dtype_max_task, plan, bounds, pure=False)
+        futures += ranges + [bounds, mapping]
+    else:
+        ranges = [client.submit(range_task, plan, r, pure=False) for r in regions]
+        bounds = client.submit(merge_ranges, plan, ranges, pure=False)
+        hists = [client.submit(histogram_task, plan, r, bounds, pure=False) for r in regions]
+        mapping = client.submit(mapping_task, plan, bounds, hists, pure=False)
+        futures += ranges + [bounds] + hists + [mapping]
+    block_futures = [client.submit(block_task, plan, r, mapping, pure=False) for r in regions]
+    final = client.submit(finalize_task, plan, mapping, block_futures, str(part_path(workdir, plan.item)), pure=False)
+    return futures + block_futures + [final], final
+
+
+def dtype_max_task(plan: Plan, bounds: tuple[float, float]) -> standardize.Mapping:
+    """The paper's fixed mapping; `bounds` is only a dependency that rejects NaN/inf and constant sources."""
+    return standardize.dtype_max_mapping(np.dtype(plan.dtype))
+
+
+def _reason(exc: BaseException) -> tuple[str | None, str]:
+    if isinstance(exc, ReaderError):
+        return exc.path, exc.reason
+    return None, f"{type(exc).__name__}: {exc}"
+
+
+def run_ingest(config: CemConfig, client, progress: bool = True) -> IngestSummary:
+    """Ingest every source of the config through `client`; returns the summary (errors included)."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    workdir = Workdir(config.workdir).create()
+    settings = config.ingest
+    specs = specs_of(settings)
+    items, errors = expand_all(specs)
+    summary = IngestSummary(datasets=len(specs), volumes=len(items), errors=list(errors))
+    pending = [i for i in items if not done_marker(workdir, i).exists()]
+    summary.skipped = len(items) - len(pending)
+    store = str(workdir.store)
+    Path(store).parent.mkdir(parents=True, exist_ok=True)
+
+    owner: dict[str, VolumeItem] = {}
+    role: dict[str, str] = {}
+    queue = as_completed()
+    for item in pending:
+        if item.format == "cloudvolume":
+            future = client.submit(cloudvolume_task, item, settings, store, config.seed, str(part_path(workdir, item)), pure=False)
+            role[future.key] = "final"
+        else:
+            future = client.submit(probe, item, settings, store, pure=False)
+            role[future.key] = "probe"
+        owner[future.key] = item
+        queue.add(future)
+
+    failed: set[str] = set()
+    outstanding: dict[str, list] = {}
+    bar = tqdm(total=len(pending), desc="ingest", unit="task", disable=not progress, dynamic_ncols=True)
+    for future in queue:
+        bar.update(1)
+        item = owner.get(future.key)
+        kind = role.get(future.key, "block")
+        if item is None or item.array_path in failed:
+            continue
+        if future.status == "error":
+            if kind == "block":
+                continue  # its finalize fails with the same exception and reports it
+            path, reason = _reason(future.exception())
+            summary.errors.append(SourceError(item.dataset, path or (item.files[0] if len(item.files) == 1 else item.source), reason))
+            failed.add(item.array_path)
+            siblings = [f for f in outstanding.pop(item.array_path, []) if not f.done()]
+            if siblings:
+                client.cancel(siblings)  # they must not write into the array we drop
+            delete_volume(Path(store), item.array_path)
+            part_path(workdir, item).unlink(missing_ok=True)
+            continue
+        if kind == "probe":
+            plan: Plan = future.result()
+            create_volume(Path(store), item.array_path, plan.shape, plan.chunks, plan.attrs())
+            futures, final = _submit_volume(client, plan, workdir)
+            outstanding[item.array_path] = futures
+            for f in futures:
+                owner[f.key] = item
+                role.setdefault(f.key, "block")
+            role[final.key] = "final"
+            bar.total += len(futures)
+            bar.refresh()
+            for f in futures:
+                queue.add(f)
+        elif kind == "final":
+            rows = int(future.result())
+            _write_marker(workdir, item, rows)
+            outstanding.pop(item.array_path, None)
+            summary.ingested += 1
+            summary.patches += rows
+    bar.close()
+    write_errors(workdir, summary.errors)
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,78 @@
+"""Config loading: typed, strict, with errors that name the key and what is allowed."""
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cem_pipeline.cli import app
+from cem_pipeline.core.config import ConfigError, dump_config, load_config, parse_config
+
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "cem_pipeline" / "configs").glob("*.yaml") if p.name != "sources.yaml")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cem.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_local_and_loopback():
+    config = load_config(None)
+    assert config.cluster.kind == "local"
+    assert config.cluster.dashboard_address.startswith("127.0.0.1:")
+    assert config.dedup.distance == 12 and config.dedup.rule == "le"
+    assert config.workdir.is_absolute()
+
+
+def test_unknown_key_names_key_and_allowed_keys(tmp_path):
+    path = write(tmp_path, "cluster:\n  kind: local\n  n_wrokers: 3\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    message = str(excinfo.value)
+    assert "cluster.n_wrokers" in message and str(path) in message
+    assert "n_workers" in message and "threads_per_worker" in message
+
+
+def test_bad_value_names_allowed_values(tmp_path):
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write(tmp_path, "cluster:\n  kind: slrum\n"))
+    message = str(excinfo.value)
+    assert "cluster.kind" in message and "'slurm'" in message and "'local'" in message and "slrum" in message
+
+
+def test_bad_dataset_name_and_type_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"ingest\.sources\.0\.name"):
+        parse_config({"ingest": {"sources": [{"name": "a/b", "path": "x"}]}})
+    with pytest.raises(ConfigError, match=r"dedup\.distance"):
+        parse_config({"dedup": {"distance": 65}})
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "cluster: [\n"))
+
+
+def test_manifest_path_resolves_next_to_config(tmp_path):
+    config = load_config(write(tmp_path, "ingest:\n  sources: sources.yaml\nworkdir: $HOME/w\n"))
+    assert config.ingest.sources == str(tmp_path / "sources.yaml")
+    assert "$HOME" not in str(config.workdir)
+
+
+def test_dump_round_trips():
+    config = load_config(None)
+    import yaml
+
+    assert parse_config(yaml.safe_load(dump_config(config))) == config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_example_configs_load_and_show(path):
+    load_config(path)
+    result = CliRunner().invoke(app, ["config", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "cluster:" in result.output
+
+
+def test_config_show_reports_bad_key(tmp_path):
+    result = CliRunner().invoke(app, ["config", "show", str(write(tmp_path, "dedup:\n  distnce: 3\n"))])
+    assert result.exit_code == 2
+    assert "dedup.distnce" in result.output

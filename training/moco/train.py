@@ -1,0 +1,308 @@
+"""MoCoV2 pre-training on a CEM .beton: `python -m training.moco.train CONFIG` (one node) or under torchrun.
+
+Flat on purpose, like FAIR's main_moco.py: set up the process group, build model/optimizer/loader,
+resume, then loop epochs -> steps, checkpointing every `save_every` epochs and after the last.
+Launch modes: torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment, env:// rendezvous), or
+`runtime.nproc` > 1 spawned processes on this node rendezvousing through a file (nothing listens).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from cem_pipeline.core.config import ConfigError
+from training.moco.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_released_state_dict,
+    released_state_dict,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from training.moco.config import MocoConfig, dump_moco_config, load_moco_config
+from training.moco.metrics import MetricsLogger
+from training.moco.model import MoCo
+
+
+@dataclass
+class Runtime:
+    """Where this process runs and how: resolved once from the config and the launch environment."""
+
+    rank: int
+    world: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def learning_rate(config: MocoConfig, epoch: int) -> float:
+    """Per-epoch lr as in main_moco.py: linear-scaled base lr, x0.1 at each milestone, or half-cosine."""
+    lr = config.lr
+    if config.optim.schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.optim.epochs))
+    return lr * 0.1 ** sum(epoch >= m for m in config.optim.milestones)
+
+
+def resolve_runtime(config: MocoConfig, rank: int, world: int, local_rank: int) -> Runtime:
+    use_cuda = config.runtime.device == "cuda" or (config.runtime.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    precision = config.runtime.precision
+    bf16 = precision == "bf16" or (precision == "auto" and use_cuda)
+    channels_last = use_cuda if config.runtime.channels_last is None else config.runtime.channels_last
+    return Runtime(rank, world, device, torch.bfloat16 if bf16 else None, channels_last)
+
+
+def build_model(config: MocoConfig, rt: Runtime) -> MoCo:
+    """Same initial weights on every rank (seeded), and the shuffle generator seeded for checkpointing."""
+    torch.manual_seed(config.runtime.seed)
+    m = config.model
+    model = MoCo(m.dim, m.mlp_hidden, m.queue_size, m.momentum, m.temperature, m.shuffle_bn)
+    model.shuffle_generator.manual_seed(config.runtime.seed)
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def require_beton(config: MocoConfig) -> None:
+    """Fail before spawning or building anything when the input file is absent."""
+    if not config.data.beton.is_file():
+        raise ConfigError(f"data.beton: {config.data.beton} does not exist (write it with `cem export`)")
+
+
+def build_data(config: MocoConfig, rt: Runtime):
+    """The ffcv loader over this rank's shard of the .beton, the two-view GPU/CPU augmentation, and [mean, std]."""
+    from cem_pipeline.export.sidecar import read_manifest
+    from training.data.augment import MocoAugmentParams, TwoViewAugment
+    from training.data.moco_pipeline import make_moco_loader
+
+    if config.optim.batch_size % rt.world:
+        raise ConfigError(f"optim.batch_size {config.optim.batch_size} is not divisible by the {rt.world} processes")
+    require_beton(config)
+    try:
+        manifest = read_manifest(config.data.manifest or config.data.beton)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data.manifest: {exc}") from None
+    loader = make_moco_loader(
+        config.data.beton,
+        batch_size=config.optim.batch_size // rt.world,
+        num_workers=config.data.num_workers,
+        order=config.data.order,
+        distributed=rt.world > 1,
+        seed=config.runtime.seed,
+        drop_last=True,
+    )
+    augment = TwoViewAugment(
+        manifest.mean, manifest.std, rt.device, seed=config.runtime.seed + rt.rank,
+        params=MocoAugmentParams(out_size=config.data.crop_size),
+    )
+    return loader, augment, [float(manifest.mean), float(manifest.std)]
+
+
+def generators(model: MoCo, augment) -> dict[str, Any]:
+    """Every seeded generator the training step draws from; their states go into checkpoints."""
+    return {
+        "shuffle": model.shuffle_generator,
+        "augment_q": augment.query.rng,
+        "augment_q_noise": augment.query.generator,
+        "augment_k": augment.key.rng,
+        "augment_k_noise": augment.key.generator,
+    }
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, view_q: torch.Tensor, view_k: torch.Tensor,
+               rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch of view pairs; returns the (unsynchronised) loss and logits."""
+    if rt.channels_last:
+        view_q = view_q.contiguous(memory_format=torch.channels_last)
+        view_k = view_k.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(rt.device.type, dtype=rt.autocast_dtype or torch.float32, enabled=rt.autocast_dtype is not None):
+        logits, labels = model(view_q, view_k)
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def _resume_source(config: MocoConfig) -> Path | None:
+    if config.output.resume == "auto":
+        return latest_checkpoint(config.output.dir)
+    return config.output.resume
+
+
+def _gather_rng(named: dict[str, Any], rt: Runtime) -> list[dict[str, Any]]:
+    """Every rank's RNG states, collected on all ranks (rank 0 saves them)."""
+    state = rng_state(named)
+    if rt.world == 1:
+        return [state]
+    states: list[Any] = [None] * rt.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict[str, Any]:
+    """Run (or resume) pre-training in this process; returns the final epoch, step and last logged metrics."""
+    if config.runtime.threads:
+        import numba  # the CPU augmentation kernel is a parallel numba loop
+
+        torch.set_num_threads(config.runtime.threads)
+        numba.set_num_threads(min(config.runtime.threads, numba.config.NUMBA_NUM_THREADS))
+    rt = resolve_runtime(config, rank, world, local_rank)
+    if rt.device.type == "cuda":
+        torch.cuda.set_device(rt.device)
+    loader, augment, norms = build_data(config, rt)
+    model = build_model(config, rt)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        momentum=config.optim.momentum,
+        weight_decay=config.optim.weight_decay,
+    )
+    named = generators(model, augment)
+
+    start_epoch, step = 0, 0
+    source = _resume_source(config)
+    if source is not None:
+        checkpoint = load_checkpoint(source)
+        try:
+            load_released_state_dict(model, checkpoint["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{source}: does not match model config ({exc})") from None
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
+        if checkpoint["loader"]["seed"] != config.runtime.seed:
+            raise CheckpointError(f"{source}: saved with runtime.seed {checkpoint['loader']['seed']}, config has {config.runtime.seed}")
+        if len(checkpoint["rng"]) != world:
+            raise CheckpointError(f"{source}: saved by {len(checkpoint['rng'])} processes, resuming with {world}")
+        restore_rng_state(checkpoint["rng"][rank], named)
+    loader.loader.next_epoch = start_epoch  # ffcv orders epoch e by seed + e: resume continues the sequence
+
+    if config.runtime.compile:
+        model.encoder_q.compile()
+        model.encoder_k.compile()
+    # Buffers are synced once at construction; afterwards the queue stays identical on every rank by
+    # construction (all enqueue the gathered keys), so a per-step broadcast (32 MB at K=65,536) is waste.
+    ddp = (
+        DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None, forward_sync_buffers=False)
+        if world > 1
+        else model
+    )
+    metrics = MetricsLogger(config.output.dir, enabled=rt.is_main, progress=config.output.progress)
+    metrics.truncate_after(step)
+    last: dict[str, float] = {}
+    try:
+        for epoch in range(start_epoch, config.optim.epochs):
+            lr = learning_rate(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ddp.train()
+            window_start, window_images = time.perf_counter(), 0
+            for batch in metrics.bar(loader, len(loader), epoch):
+                view_q, view_k = augment(*batch)
+                loss, logits = train_step(ddp, optimizer, view_q, view_k, rt)
+                step += 1
+                window_images += view_q.shape[0] * world
+                if step % config.output.log_every == 0:
+                    stats = torch.stack([loss.detach().float(), (logits.argmax(1) == 0).float().mean() * 100])
+                    if world > 1:
+                        dist.all_reduce(stats)
+                        stats /= world
+                    elapsed = time.perf_counter() - window_start
+                    last = {"loss": stats[0].item(), "acc1": stats[1].item(), "lr": lr, "images_per_s": window_images / elapsed}
+                    metrics.log(epoch, step, last)
+                    window_start, window_images = time.perf_counter(), 0
+            if (epoch + 1) % config.output.save_every == 0 or epoch + 1 == config.optim.epochs:
+                rng = _gather_rng(named, rt)
+                if rt.is_main:
+                    save_checkpoint(
+                        checkpoint_path(config.output.dir, epoch + 1),
+                        {
+                            "epoch": epoch + 1,
+                            "arch": config.model.arch,
+                            "state_dict": released_state_dict(model),
+                            "optimizer": optimizer.state_dict(),
+                            "norms": norms,
+                            "scheduler": {"kind": config.optim.schedule, "epoch": epoch + 1, "lr": learning_rate(config, epoch + 1)},
+                            "step": step,
+                            "loader": {"seed": config.runtime.seed, "next_epoch": epoch + 1},
+                            "rng": rng,
+                            "config": dump_moco_config(config),
+                        },
+                    )
+                if world > 1:
+                    dist.barrier()
+    finally:
+        metrics.close()
+    return {"epoch": config.optim.epochs, "step": step, **last}
+
+
+def _worker(local_rank: int, config: MocoConfig, world: int, init_file: str) -> None:
+    """One spawned process on this node; gloo/NCCL bootstrap stays on the loopback interface."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    backend = "nccl" if resolve_runtime(config, 0, world, local_rank).device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=local_rank, world_size=world)
+    try:
+        train(config, local_rank, world, local_rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(config: MocoConfig) -> dict[str, Any] | None:
+    """Run under torchrun if its environment is present, else spawn `runtime.nproc` local processes."""
+    require_beton(config)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        backend = "nccl" if resolve_runtime(config, rank, world, local_rank).device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+        try:
+            return train(config, rank, world, local_rank)
+        finally:
+            dist.destroy_process_group()
+    if config.runtime.nproc == 1:
+        return train(config)
+    config.output.dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=config.output.dir, prefix=".rendezvous-") as tmp:
+        torch.multiprocessing.start_processes(
+            _worker, args=(config, config.runtime.nproc, str(Path(tmp) / "init")), nprocs=config.runtime.nproc, start_method="spawn"
+        )
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m training.moco.train CONFIG.yaml", file=sys.stderr)
+        return 2
+    try:
+        launch(load_moco_config(args[0]))
+    except (ConfigError, CheckpointError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
