@@ -187,7 +187,7 @@ def _transpose_words_to_yz(words, out_words, n_z, n_y, n_x):  # pragma: no cover
 
     `words` is the (n_z, n_y, n_x) block as uint64 (n_x % 8 == 0); `out_words` the (n_x, n_z,
     out_y) output (out_y % 8 == 0), of which the first n_y // 8 * 8 rows of y are written. Three
-    rounds of masked shifts transpose a square in registers: ~2x the byte-at-a-time copy.
+    rounds of masked shifts transpose a square in registers, eight bytes per load and store.
     Each output row is written sequentially (y innermost), which keeps stores in cache.
     """
     m32 = np.uint64(0x00000000FFFFFFFF)
@@ -229,11 +229,11 @@ def yz_planes(block: np.ndarray) -> np.ndarray:
     """The block's yz planes as an (x, z, y) array whose rows are contiguous.
 
     A yz patch read in place has every pixel of a row in another cache line (stride = X), which
-    made hashing it ~15x slower than an xy patch; one transpose per block puts its rows back in
+    makes hashing it far slower than an xy patch; one transpose per block puts its rows back in
     order. Blocks whose width is a multiple of 8 (every chunk-aligned block of a volume whose
-    width is) go through the SWAR kernel (~2.8 GB/s); the rest through the tiled byte copy
-    (~1.4 GB/s; numpy's own 3D transposed copy does ~0.25 GB/s). y is padded to a multiple of
-    8 in memory and the result is a view without the padding.
+    width is) go through the SWAR kernel; the rest through the tiled byte copy (both beat numpy's
+    own 3D transposed copy by a wide margin). y is padded to a multiple of 8 in memory and the
+    result is a view without the padding.
     """
     block = np.ascontiguousarray(block)
     n_z, n_y, n_x = block.shape

@@ -79,7 +79,7 @@ def _vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
     Pillow 13.0.0 (python-pillow/Pillow#9549) picks vertical-first exactly when the height
     shrinks and ``in_h - out_h > 2 * (in_w - out_w)``; older releases always go horizontal
     first. The rule was read off the installed Pillow by comparing resize() with the two
-    single-axis orders on ~1000 shapes; tests/test_dhash.py re-checks it on every run.
+    single-axis orders on ~1000 shapes; tests/integration/test_dhash.py re-checks it on every run.
     """
     return out_h < in_h and (in_h - out_h) > 2 * (in_w - out_w)
 
