@@ -1,7 +1,9 @@
-"""Shared fixtures: the real EM data in ../shared/data/em and a running SLURM.
+"""Shared fixtures: the real EM data and a running SLURM.
 
-Both skip when absent, except when CI sets REQUIRE_SHARED_DATA=1 / REQUIRE_SLURM=1: then a
-missing resource fails the test instead of hiding it behind a skip.
+The real EM is looked up exactly as `cem bench` does (cem_pipeline.bench.em_data.require_em_data:
+$CEM_EM_DATA, else $CEM_SHARED_EM, else ../shared/data/em beside the checkout). Both skip when
+absent, except when CI sets REQUIRE_SHARED_DATA=1 / REQUIRE_SLURM=1: then a missing resource fails
+the test instead of hiding it behind a skip.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_EM = Path(os.environ.get("CEM_SHARED_EM", REPO.parent / "shared" / "data" / "em"))
 
 
 def _missing(what: str, variable: str) -> None:
@@ -25,19 +26,22 @@ def _missing(what: str, variable: str) -> None:
 
 @pytest.fixture(scope="session")
 def shared_em() -> Path:
-    """Root of the real EM data (../shared/data/em)."""
-    if not (SHARED_EM / "README.md").exists():
-        _missing(f"real EM data at {SHARED_EM}", "REQUIRE_SHARED_DATA")
-    return SHARED_EM
+    """Root of the real EM data (by default ../shared/data/em)."""
+    from cem_pipeline.bench.em_data import require_em_data
+    from cem_pipeline.bench.errors import EmDataNotFound
+
+    try:
+        return require_em_data()
+    except EmDataNotFound as exc:
+        _missing(str(exc), "REQUIRE_SHARED_DATA")
 
 
 @pytest.fixture(scope="session")
 def cdeep3m_volume(shared_em: Path) -> np.ndarray:
     """The 20 consecutive cdeep3m SBEM training slices as a (20, 1024, 1024) uint8 volume."""
-    from PIL import Image
+    from cem_pipeline.bench.em_data import cdeep3m_stack
 
-    files = sorted((shared_em / "cdeep3m_mito_sbem" / "training" / "images").glob("images.*.png"))
-    return np.stack([np.asarray(Image.open(f)) for f in files])
+    return cdeep3m_stack(shared_em)
 
 
 @pytest.fixture(scope="session")

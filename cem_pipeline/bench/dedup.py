@@ -1,10 +1,10 @@
 """`cem bench dedup`: ours vs the paper's loop, measured in the same run.
 
-small:  one group of synthetic near-duplicate hashes (synthetic.py); `kernel.cluster_ordered` vs
+small:  one group of synthetic near-duplicate hashes (synthetic_hashes.py); `kernel.cluster_ordered` vs
         `reference.reference_clusters` (the paper's boolean-array loop; the packed-uint64 numpy loop is timed
         too) on the same order; fails unless the exemplars are identical.
-cemraw: 5.3M hashes in ~600 heavy-tailed groups written as a catalog, deduplicated through Dask on a
-        LocalCluster (2 workers), with peak worker RSS sampled; then a second run that must find every group
+cemraw: CEMraw-scale (by default 5.3M hashes in 600 heavy-tailed groups) written as a catalog,
+        deduplicated through Dask on a LocalCluster, with peak worker RSS sampled; then a second run that must find every group
         unchanged (incremental path). Its baseline is the paper's loop on one 20k-hash group of the same
         generator (a rate on a much smaller group: the quadratic reference only gets slower with size).
 """
@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cem_pipeline.bench.errors import BenchMismatch
 from cem_pipeline.bench.synthetic_hashes import (
     gini,
     heavy_tailed_sizes,
@@ -29,10 +30,6 @@ from cem_pipeline.bench.synthetic_hashes import (
 from cem_pipeline.core import catalog
 from cem_pipeline.dedup.kernel import cluster_distinct, cluster_ordered, max_distance
 from cem_pipeline.dedup.reference import reference_clusters
-
-
-class BenchMismatch(AssertionError):
-    """Ours and the reference disagree: the benchmark result is void."""
 
 
 def _timed(fn, *args, **kwargs):
@@ -174,3 +171,21 @@ def bench_cemraw(total: int, groups: int, distance: int, rule: str, seed: int, w
         "rerun_recomputed_groups": int(rerun["computed"].sum()),
         "baseline_note": "paper loop on one 20k-hash group (same generator), single process",
     }
+
+
+SCALES = ("small", "cemraw", "all")
+
+
+def run(scale: str = "small", hashes: int = 100_000, total: int = 5_300_000, groups: int = 600, workers: int = 2,
+        distance: int = 12, rule: str = "le", seed: int = 0, sweep: bool = False) -> dict:
+    """`bench_small` on `hashes`, `bench_cemraw` on `total` in `groups`, or both (scale "all": the
+    cemraw keys prefixed `cemraw_`). Raises BenchMismatch when ours and the reference differ."""
+    if scale not in SCALES or rule not in ("le", "lt"):
+        raise ValueError(f"scale is one of {', '.join(SCALES)} (got {scale!r}) and rule le or lt (got {rule!r})")
+    result: dict = {}
+    if scale in ("small", "all"):
+        result.update(bench_small(hashes, distance, rule, seed, sweep))
+    if scale in ("cemraw", "all"):
+        cemraw = bench_cemraw(total, groups, distance, rule, seed, workers)
+        result.update(cemraw if scale == "cemraw" else {f"cemraw_{k}": v for k, v in cemraw.items()})
+    return result

@@ -8,23 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run (missing data); the message says what is missing."""
+from cem_pipeline.bench.em_data import cdeep3m_stack
 
 
-def bench_volume(shape: tuple[int, int, int], shared_em: Path) -> np.ndarray:
+def bench_volume(shape: tuple[int, int, int], em_root: Path) -> np.ndarray:
     """A (Z, Y, X) crop of the real cdeep3m SBEM training slices."""
-    from PIL import Image
-
-    files = sorted((shared_em / "cdeep3m_mito_sbem" / "training" / "images").glob("images.*.png"))
-    if len(files) < shape[0]:
-        raise BenchError(f"{shared_em / 'cdeep3m_mito_sbem'}: need {shape[0]} slices, found {len(files)}")
-    return np.stack([np.asarray(Image.open(f))[: shape[1], : shape[2]] for f in files[: shape[0]]])
+    return np.ascontiguousarray(cdeep3m_stack(em_root, shape[0])[:, : shape[1], : shape[2]])
 
 
-def run_benchmark(shape: tuple[int, int, int], batch_size: int, device_name: str, shared_em: Path, threads: int | None,
-                  seed: int = 42) -> dict:
+def run(em_root: Path, shape: tuple[int, int, int] = (16, 96, 96), batch_size: int = 16, device_name: str = "auto",
+        threads: int | None = None, seed: int = 42) -> dict:
     import torch
     import zarr
 
@@ -40,7 +33,7 @@ def run_benchmark(shape: tuple[int, int, int], batch_size: int, device_name: str
     if threads:
         torch.set_num_threads(threads)
     device = select_device(device_name)
-    volume = bench_volume(shape, shared_em)
+    volume = bench_volume(shape, em_root)
     torch.manual_seed(seed)
     predictor = Predictor(build_unet(1), (0.5, 0.2), device, batch_size)
     predictor.predict(volume[:1])  # warm-up: allocator, kernels

@@ -5,7 +5,7 @@ torchvision transforms per image (Grayscale(3), RandomApply(RandomRotation(180))
 (224, (0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1), RandomApply(GaussianBlur sigma 0.1-2),
 Grayscale(1), H/V flips, ToTensor, GaussNoise, Normalize), twice per image for MoCo's two views.
 Ours: the .beton through ffcv's Loader and TwoViewAugment, with the same number of workers.
-Both read the same real EM patches (ingested from ../shared/data/em).
+Both read the same real EM patches (the shared sources of em_data, ingested).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cem_pipeline.bench.em_data import bench_config, ingest_shared
+from cem_pipeline.bench.em_data import bench_workdir, ingested_config
 
 
 class PaperGaussianBlur:
@@ -112,7 +112,15 @@ def interleaved_rates(make_baseline, ours, batches: int, batch_size: int, rounds
     return done / spent[0], done / spent[1]
 
 
-def bench_loader(workdir: Path, num_workers: int, batch_size: int = 64, batches: int = 40, rounds: int = 4) -> dict:
+def run(workdir: Path | None, num_workers: int, batch_size: int = 64, batches: int = 40, rounds: int = 4,
+        em_root: Path | None = None, sources: str | None = None) -> dict:
+    """Pairs/s of both pipelines on the shared EM ingested into `workdir` (kept; None: a temporary one)."""
+    with bench_workdir(workdir, "loader") as root:
+        return _measure(root, num_workers, batch_size, batches, rounds, em_root, sources)
+
+
+def _measure(workdir: Path, num_workers: int, batch_size: int, batches: int, rounds: int,
+             em_root: Path | None, sources: str | None) -> dict:
     import numba
     import torch
     from torch.utils.data import DataLoader
@@ -122,9 +130,7 @@ def bench_loader(workdir: Path, num_workers: int, batch_size: int = 64, batches:
     from training.data.augment import TwoViewAugment
     from training.data.moco_pipeline import make_moco_loader
 
-    config = bench_config(workdir, num_workers)
-    if not (config.workdir / "catalog").exists():
-        ingest_shared(config)
+    config = ingested_config(workdir, num_workers, em_root, sources)
     result = run_export(config, num_workers=num_workers)
     beton = result.files[0]
     meta = read_manifest(beton)

@@ -6,7 +6,7 @@ transforms in DataLoader workers (cem_pipeline.bench.loader.paper_transform: the
 Ours: the same patches streamed from a .beton by the ffcv loader, batched augmentation on the
 training device, and the precision/memory format `train` picks for that device (bf16 and
 channels_last on GPU; fp32 on CPU, where the data path is the difference).
-Both sides run the identical MoCo model and SGD step on real EM patches from ../shared.
+Both sides run the identical MoCo model and SGD step on real EM patches (cdeep3m SBEM tiles).
 """
 from __future__ import annotations
 
@@ -20,35 +20,19 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from cem_pipeline.bench.em_data import shared_em_root
+from cem_pipeline.bench.em_data import CDEEP3M_SLICES, cdeep3m_slices, real_em_patches
+from cem_pipeline.bench.errors import BenchError
 from training.moco.config import parse_moco_config
 from training.moco.model import MoCo
 from training.moco.train import Runtime, resolve_runtime, train_step
 
-SLICES = "cdeep3m_mito_sbem/training/images"
 
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run (e.g. the real EM data is absent)."""
-
-
-def em_patches(count: int, size: int = 224) -> np.ndarray:
+def em_patches(em_root: Path, count: int, size: int = 224) -> np.ndarray:
     """`count` non-overlapping (size, size) uint8 tiles from the real cdeep3m SBEM slices."""
-    from PIL import Image
-
-    folder = shared_em_root() / SLICES
-    files = sorted(folder.glob("images.*.png"))
-    if not files:
-        raise BenchError(f"{folder}: no images.*.png (real EM data from ../shared is needed)")
-    tiles = []
-    for path in files:
-        image = np.asarray(Image.open(path).convert("L"))
-        for y in range(0, image.shape[0] - size + 1, size):
-            for x in range(0, image.shape[1] - size + 1, size):
-                tiles.append(image[y:y + size, x:x + size])
-                if len(tiles) == count:
-                    return np.stack(tiles)
-    raise BenchError(f"{folder}: only {len(tiles)} patches of {size} px, need {count}")
+    patches = real_em_patches(em_root, count, size, stride=size, files=cdeep3m_slices(em_root))
+    if len(patches) < count:
+        raise BenchError(f"{Path(em_root) / CDEEP3M_SLICES}: only {len(patches)} patches of {size} px, need {count}")
+    return patches
 
 
 def _forever(make_epoch: Callable[[], Iterator]) -> Iterator:
@@ -92,8 +76,8 @@ def _race(baseline: _Side, ours: _Side, steps: int, warmup: int, block: int) -> 
         done += n
 
 
-def run_benchmark(batch_size: int | None = None, steps: int | None = None, threads: int | None = None,
-                  workers: int | None = None) -> dict[str, Any]:
+def run(em_root: Path, batch_size: int | None = None, steps: int | None = None, threads: int | None = None,
+        workers: int | None = None) -> dict[str, Any]:
     import tifffile
 
     from cem_pipeline.bench.arrays import write_patch_beton
@@ -109,7 +93,7 @@ def run_benchmark(batch_size: int | None = None, steps: int | None = None, threa
     workers = workers or min(8, os.cpu_count() or 1)
     if threads:
         torch.set_num_threads(threads)
-    patches = em_patches(max(2 * batch, 32))
+    patches = em_patches(em_root, max(2 * batch, 32))
 
     with tempfile.TemporaryDirectory(prefix="cem-bench-mocov2-") as tmp:
         files = []

@@ -40,7 +40,7 @@ def _baseline(model: torch.nn.Module, patches: list[np.ndarray], device: torch.d
     return torch.cat(scores).numpy()
 
 
-def bench_scoring(n: int = 128, batch_size: int = 64, seed: int = 0) -> dict:
+def run(n: int = 128, batch_size: int = 64, seed: int = 0) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rng = np.random.default_rng(seed)
     patches = [rng.integers(0, 256, (224, 224), dtype=np.uint8) for _ in range(n)]

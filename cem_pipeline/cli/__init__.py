@@ -1,16 +1,17 @@
 """The `cem` command. Each command group registers its subcommands from its own module here, and
 heavy libraries (torch, ffcv) are imported inside commands so that `cem --help` stays instant.
-Commands parse arguments and call the stage packages; they hold no pipeline logic."""
+Commands parse arguments and call the stage packages; they hold no pipeline logic. Every
+`cem bench ...` lives in cli/bench.py."""
 from __future__ import annotations
 
 import typer
 
 from cem_pipeline.cli import (
+    bench,
     cluster,
     config,
     dedup,
     demo,
-    dhash,
     export,
     filter,
     ingest,
@@ -24,9 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-bench_app = typer.Typer(help="Benchmarks: ours vs the paper's way, measured in the same run.", no_args_is_help=True)
 
 # the order `cem --help` lists them: the pipeline's order
-for group in (demo, ingest, dhash, dedup, filter, export, train, seg, cluster, config):
-    group.register(app, bench_app)
-app.add_typer(bench_app, name="bench")
+for group in (demo, ingest, dedup, filter, export, train, seg, cluster, config, bench):
+    group.register(app)

@@ -9,7 +9,7 @@ import typer
 from cem_pipeline.cli.common import ConfigArg, config_or_exit
 
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     cluster_app = typer.Typer(help="Start and hold the configured Dask cluster.", no_args_is_help=True)
     app.add_typer(cluster_app, name="cluster")
 

@@ -9,7 +9,7 @@ from cem_pipeline.cli.common import ConfigArg, config_or_exit
 from cem_pipeline.core.config import dump_config
 
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
     app.add_typer(config_app, name="config")
 

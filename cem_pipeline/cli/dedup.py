@@ -1,4 +1,4 @@
-"""`cem dedup CONFIG [--show N]` and `cem bench dedup`."""
+"""`cem dedup CONFIG [--show N]`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +6,10 @@ from typing import Optional
 
 import typer
 
-from cem_pipeline.cli.common import ConfigArg, config_or_exit, echo_result
+from cem_pipeline.cli.common import ConfigArg, config_or_exit
 
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     @app.command("dedup")
     def dedup(
         config: Optional[Path] = ConfigArg,
@@ -45,35 +45,3 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 typer.secho(f"dedup --show: {exc}", fg=typer.colors.YELLOW, err=True)
             else:
                 typer.echo(f"montage: {path}")
-
-    @bench_app.command("dedup")
-    def bench_dedup(
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-        scale: str = typer.Option("small", help="small: one 100k group vs the paper's loop; cemraw: 5.3M hashes "
-                                  "in 600 groups through Dask; all: both (cemraw keys prefixed cemraw_)"),
-        hashes: int = typer.Option(100_000, min=1000, help="small: hashes in the group"),
-        total: int = typer.Option(5_300_000, min=1000, help="cemraw: hashes in all groups"),
-        groups: int = typer.Option(600, min=1, help="cemraw: groups"),
-        workers: int = typer.Option(2, min=1, help="cemraw: LocalCluster workers"),
-        distance: int = typer.Option(12, min=0, max=64),
-        rule: str = typer.Option("le", help="le (<= d, paper code) or lt (< d, paper text)"),
-        seed: int = typer.Option(0),
-        sweep: bool = typer.Option(False, "--sweep", help="small: also time scan vs mih(m) for d = 2..16"),
-    ) -> None:
-        """Hashes/s of ours vs the paper's deduplication loop; fails if the exemplars differ."""
-        from cem_pipeline.bench.dedup import BenchMismatch, bench_cemraw, bench_small
-
-        if scale not in ("small", "cemraw", "all") or rule not in ("le", "lt"):
-            typer.secho("bench dedup: --scale is small|cemraw|all and --rule is le|lt", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
-        result: dict = {}
-        try:
-            if scale in ("small", "all"):
-                result.update(bench_small(hashes, distance, rule, seed, sweep))
-            if scale in ("cemraw", "all"):
-                cemraw = bench_cemraw(total, groups, distance, rule, seed, workers)
-                result.update(cemraw if scale == "cemraw" else {f"cemraw_{k}": v for k, v in cemraw.items()})
-        except BenchMismatch as exc:
-            typer.secho(f"bench dedup: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
-        echo_result(result, as_json)

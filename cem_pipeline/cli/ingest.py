@@ -1,4 +1,4 @@
-"""`cem ingest`, `cem catalog` and `cem bench ingest`."""
+"""`cem ingest` and `cem catalog`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +6,10 @@ from typing import Optional
 
 import typer
 
-from cem_pipeline.cli.common import ConfigArg, config_or_exit, echo_result
+from cem_pipeline.cli.common import ConfigArg, config_or_exit
 
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
         config: Optional[Path] = ConfigArg,
@@ -40,33 +40,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("catalog")
     def catalog(config: Optional[Path] = ConfigArg) -> None:
         """Per-dataset counts of the catalog: patches, volumes, and patches per plane axis."""
-        from cem_pipeline.core.catalog import read_table
+        from cem_pipeline.ingest.report import catalog_counts
 
         cfg = config_or_exit(config)
-        frame = read_table(cfg.workdir, columns=["dataset", "volume", "axis"])
-        if frame.empty:
+        table = catalog_counts(cfg.workdir)
+        if table is None:
             typer.echo(f"catalog at {cfg.workdir / 'catalog'} is empty")
             return
-        counts = frame.groupby("dataset").agg(patches=("axis", "size"), volumes=("volume", "nunique"))
-        axes = frame.pivot_table(index="dataset", columns="axis", aggfunc="size", fill_value=0)
-        table = counts.join(axes).fillna(0)
-        for axis in ("xy", "xz", "yz"):
-            if axis not in table:
-                table[axis] = 0
-        table = table[["patches", "volumes", "xy", "xz", "yz"]].astype(int)
-        table.loc["TOTAL"] = table.sum()
         typer.echo(table.to_string())
-
-    @bench_app.command("ingest")
-    def bench_ingest(
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-        slices: int = typer.Option(240, help="z slices of the benchmark volume (real cdeep3m slices, repeated)"),
-        baseline_patches: int = typer.Option(300, help="patches the paper's way is timed on (rate extrapolated)"),
-        em_root: Optional[Path] = typer.Option(None, help="real EM data root (default ../shared/data/em)"),
-    ) -> None:
-        """Patches/s: the paper's per-patch crop+hash+TIFF+npy vs ours (zarr + Parquet via Dask)."""
-        from cem_pipeline.bench.em_data import shared_em_root
-        from cem_pipeline.bench.ingest import run_benchmark
-
-        result = run_benchmark(em_root or shared_em_root(), slices=slices, baseline_patches=baseline_patches)
-        echo_result(result, as_json)

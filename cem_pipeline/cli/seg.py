@@ -1,4 +1,4 @@
-"""`cem train seg`, `cem infer`, `cem evaluate` and `cem bench infer`: segmentation transfer (training/seg)."""
+"""`cem train seg`, `cem infer` and `cem evaluate`: segmentation transfer (training/seg)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from cem_pipeline.cli.common import echo_result
 from cem_pipeline.cli.train import train_app
 
 SegConfigArg = typer.Argument(..., help="segmentation YAML config (see training/seg/configs/)")
@@ -35,7 +34,7 @@ def _run(action, config) -> object:
         raise typer.Exit(1) from None
 
 
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     @train_app.command("seg")
     def train_seg(config: Path = SegConfigArg) -> None:
         """Fine-tune the U-Net/ResNet50 on a benchmark (AdamW + OneCycle, fixed iterations); writes OUTPUT/model.pt."""
@@ -58,24 +57,3 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         metrics = _run(run_evaluation, _load(config))
         typer.echo(json.dumps({k: metrics[k] for k in ("name", "mean_iou", "per_class_iou", "classes")}))
-
-    @bench_app.command("infer")
-    def bench_infer(
-        json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
-        depth: int = typer.Option(16, help="volume Z (slices of the real cdeep3m SBEM stack)"),
-        side: int = typer.Option(96, help="volume Y = X"),
-        batch_size: int = typer.Option(16, help="slices per forward pass (ours)"),
-        device: str = typer.Option("auto", help="auto, cpu or cuda"),
-        threads: int = typer.Option(0, help="torch CPU threads (default: torch's)"),
-    ) -> None:
-        """Orthoplane inference voxels/s: batched zarr-slab path vs the paper's batch-1 slice loop."""
-        from cem_pipeline.bench.em_data import shared_em_root
-        from cem_pipeline.bench.infer import BenchError, run_benchmark
-
-        shared = shared_em_root()
-        try:
-            result = run_benchmark((depth, side, side), batch_size, device, shared, threads or None)
-        except BenchError as exc:
-            typer.secho(str(exc), fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
-        echo_result(result, json_out)

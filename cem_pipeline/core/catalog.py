@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from cem_pipeline.core.atomic import atomic_path
+
 CATALOG_SCHEMA = pa.schema(
     [
         ("patch_id", pa.int64()),
@@ -99,12 +101,9 @@ def write_stage_part(workdir: Path, stage: str, part: str, frame: pd.DataFrame) 
     missing = {"patch_id", *STAGE_COLUMNS[stage]} - set(frame.columns)
     if missing:
         raise ValueError(f"stage '{stage}' table lacks columns {sorted(missing)}")
-    directory = stage_dir(workdir, stage)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{part}.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pandas(frame[["patch_id", *STAGE_COLUMNS[stage]]], preserve_index=False), tmp)
-    tmp.replace(path)
+    path = stage_dir(workdir, stage) / f"{part}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pandas(frame[["patch_id", *STAGE_COLUMNS[stage]]], preserve_index=False), tmp)
     return path
 
 

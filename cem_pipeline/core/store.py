@@ -22,21 +22,22 @@ Chunks follow how the pixels are read later:
 * xy-only volumes, video: (16, P, P) — 16 consecutive slices of one tile column, ~0.8 MB.
 * 2D images: (1, P, P). CloudVolume samples: (16, P, P).
 * Chunks are compressed with zstd level -3 (a "fast" level). Noisy EM barely compresses with
-  any fast codec, so speed decides: on 224^3 chunks of 20 real cdeep3m SBEM slices, made
-  non-repeating, zstd -3 writes 879 MB/s and reads 2072 MB/s at ratio 1.00, zstd 1 561 / 1151
-  MB/s at 1.04, zarr's default zstd 3 364 MB/s at 1.04. Flat and zero-padded areas still shrink.
-  Arrays are written whole-chunk by one Dask task per block, so tasks never write the same chunk.
+  any fast codec, so codec speed decides: the fast level writes and reads fastest while higher
+  levels gain almost no compression (measurements: BENCHMARKS.md). Flat and zero-padded areas still
+  shrink. Arrays are written whole-chunk by one Dask task per block, so tasks never write the same
+  chunk.
 * `write_empty_chunks` is on: zarr's default first checks whether every chunk equals the fill
-  value, which cut block writes to ~220 MB/s (vs ~760 MB/s with zstd 1 measured on the
-  `cem bench ingest` volume); an all-zero chunk then costs a few bytes of zstd instead of nothing.
+  value, an extra pass over every block written that makes ingest's writes much slower
+  (measurements: BENCHMARKS.md); an all-zero chunk then costs a few bytes of zstd instead of nothing.
 
 Later stages' access patterns:
 
-* dedup / filter read the catalog only (hash, mean, std); the filter's classifier reads pixels
-  through `patches.read_patches`, which groups rows by array and by chunk, so each chunk is
-  decompressed once per call.
-* export reads patches block by block in catalog order through `read_patches`; sorting the
-  selection by (volume, axis, slice, y, x) before calling it keeps reads sequential.
+* dedup / filter read the catalog only (hash, mean, std); the filter's classifier, the dedup
+  montage and the label page read pixels through `patches.read_patches`, which groups rows by
+  array and by chunk, so each chunk is decompressed once per call.
+* export reads the same blocks (`patches.plan_reads` / `read_block`, split by plane axis too) in
+  storage order, one block at a time per DatasetWriter worker, so reads are sequential and each
+  chunk is decompressed once.
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from cem_pipeline.core import catalog
+from cem_pipeline.core.atomic import write_text_atomic
 from cem_pipeline.dedup.kernel import cluster_ordered, group_rng, max_distance
 
 ALGORITHM_VERSION = 1  # bump when a change alters results, so every group recomputes
@@ -159,11 +160,10 @@ def dedup_group(workdir: str, group: Group, distance: int, rule: str, seed: int)
     clusters = int(frame["is_exemplar"].sum())
     state_file.unlink(missing_ok=True)  # a state file always describes the part on disk, even after a crash
     catalog.write_stage_part(workdir, STAGE, group.part, frame)
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = state_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"fingerprint": stamp, "clusters": clusters, "patches": int(patch_ids.size),
-                               "method": method, "distance": distance, "rule": rule, "seed": seed, "group": group.key}))
-    tmp.replace(state_file)  # after the part: a crash in between leaves no state, so only costs a recompute
+    # after the part: a crash in between leaves no state, so only costs a recompute
+    write_text_atomic(state_file, json.dumps({"fingerprint": stamp, "clusters": clusters, "patches": int(patch_ids.size),
+                                              "method": method, "distance": distance, "rule": rule, "seed": seed,
+                                              "group": group.key}))
     return {**result, "clusters": clusters, "computed": True, "method": method, "seconds": time.perf_counter() - start}
 
 

@@ -9,8 +9,7 @@ order (tests compare it with `reference.py`), but fast:
   distance), so the loop runs on the distinct values in first-occurrence order and the result is mapped back;
   groups full of identical empty-resin hashes cost nothing extra;
 * `scan`: the loop itself in numba: per leader one vectorised (SIMD) XOR+popcount pass over the remaining
-  hashes (kept dense by swap-removal) writes a byte mask that is read 8 bytes at a time; ~0.3 ns per
-  remaining hash per leader;
+  hashes (kept dense by swap-removal) writes a byte mask that is read 8 bytes at a time;
 * `mih`: multi-index hashing. The 64 bits are split into m blocks; by pigeonhole any hash within distance t
   of the leader has at least one block within distance floor(t / m) of the leader's block, so only hashes in
   the buckets of those block values are candidates (verified with XOR+popcount). Removed hashes are skipped
@@ -19,8 +18,9 @@ order (tests compare it with `reference.py`), but fast:
 `choose_method` picks scan or mih (and m) from a cost model whose candidate counts are measured on a
 subsample of the group itself; its constants were fitted (least squares) to timings of scan and mih
 (m = 4, 5, 7) for d = 2, 4, 8, 12 on two 100k synthetic near-duplicate sets on this project's shared
-2-core machine; `cem bench dedup --sweep` re-measures both methods. In practice mih wins for d <= ~5
-and the SIMD scan for the paper's d = 12 (mih's random memory access costs ~100x a scanned hash).
+2-core machine; `cem bench dedup --sweep` re-measures both methods (measurements: BENCHMARKS.md). mih wins
+for small d, where few buckets hold candidates; the SIMD scan wins for large d such as the paper's d = 12,
+because each of mih's candidates is a random memory access that costs far more than a streamed hash.
 
 Memory model for n hashes in a group: input 8n + output 16n bytes; scan adds 33n; mih adds 12*m*n
 (ids, positions, skip links per block) + m * 2**b * 8 bytes of bucket starts (b <= 16) — about 80 bytes

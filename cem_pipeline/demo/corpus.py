@@ -232,8 +232,8 @@ def _write_bad_files(bad: Path, rng: np.random.Generator) -> list[dict]:
 def generate_demo_corpus(root: Path, seed: int = 0) -> Path:
     """Write the demo corpus under `root` (deterministic for `seed`); return its manifest path.
 
-    ~20 MB, a few seconds. Next to the manifest: labels.parquet (xy-grid tile truth),
-    masks.npz + volumes.json (per-volume content masks, used by demo_labels_for_catalog).
+    Small enough to generate on every demo run. Next to the manifest: labels.parquet (xy-grid
+    tile truth), masks.npz + volumes.json (per-volume content masks, used by demo_labels_for_catalog).
     """
     import h5py
     import mrcfile

@@ -10,9 +10,10 @@ Per-dataset caps (`max_per_dataset`, `max_dataset_fraction`) keep the few datase
 most patches (paper: ~20 % of volumes give 80 % of patches) from dominating; which rows survive a
 cap is a seeded draw per dataset, independent of other datasets.
 
-Order: storage order (dataset, volume, axis, chunk block, slice, y, x), so that the writer
-reads each zarr block once; the `.beton` row order is that order. Training shuffles with the
-loader's seeded RANDOM/QUASI_RANDOM order, so nothing is gained by shuffling the file.
+Order: storage order (dataset, volume, axis, chunk block, slice, y, x), which the writer puts
+the rows in with core.patches.plan_reads, so that it reads each zarr block once; the `.beton` row
+order is that order. Training shuffles with the loader's seeded RANDOM/QUASI_RANDOM order, so
+nothing is gained by shuffling the file.
 """
 from __future__ import annotations
 

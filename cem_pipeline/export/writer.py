@@ -10,14 +10,16 @@ rather than a constant so that a consumer that ignores h/w still sees image stat
 a black bar a network could key on; `resize` scales them bilinearly to S (h = w = S); `drop`
 leaves them out.
 
-Rows are written in storage order (see export.select); ffcv's DatasetWriter workers take
-consecutive runs of rows and read zarr block by block (export.blocks), so memory is bounded by
-one block per worker. `shard_size_gb` splits the rows into several files of at most that much
-pixel data. Sidecars in WORKDIR/export: `<file>.manifest.parquet` (row -> patch_id, dataset,
-provenance) per file and `<name>.json` with the file list and the mean/std of the exported
-pixels scaled to [0, 1] (real pixels only, not padding) that trainers normalise with. The
-catalog's `export` stage records exported, export_row, export_file per patch; a re-export
-replaces the previous files and stage table.
+Rows are written in storage order (see export.select and core.patches.plan_reads); ffcv's
+DatasetWriter workers take consecutive runs of rows and read zarr block by block
+(export.blocks.PatchSource on core.patches.read_block), so memory is bounded by one block per
+worker. `shard_size_gb` splits the rows into several files of at most that much pixel data.
+Sidecars in WORKDIR/export: `<file>.manifest.parquet` (row -> patch_id, dataset, provenance) per
+file and `<name>.json` with the file list and the mean/std of the exported pixels scaled to [0, 1]
+(real pixels only, not padding) that trainers normalise with. The catalog's `export` stage records
+exported, export_row, export_file per patch; a re-export replaces the previous files and stage
+table. Every file is written beside its name and renamed into place (core.atomic), so a killed
+export never leaves a truncated .beton or sidecar that a trainer would read.
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cem_pipeline.core.atomic import atomic_path, write_text_atomic
 from cem_pipeline.core.catalog import stage_dir, write_stage_part
 from cem_pipeline.core.config import CemConfig
+from cem_pipeline.core.patches import plan_reads
 from cem_pipeline.core.workdir import Workdir
-from cem_pipeline.export.blocks import PatchSource, label_values, plan_blocks
+from cem_pipeline.export.blocks import PatchSource, label_values
 from cem_pipeline.export.select import ExportError, select_patches
 from cem_pipeline.export.sidecar import CORE_FIELDS, META_VERSION, beton_fields
 
@@ -75,7 +79,7 @@ def run_export(config: CemConfig, num_workers: int | None = None) -> ExportResul
     selection = select_patches(workdir.root, cfg, config.seed)
     if selection.rows.empty:
         raise ExportError(f"{workdir.catalog}: the selection is empty ({'; '.join(selection.notes)})")
-    rows = plan_blocks(selection.rows, workdir.store)
+    rows = plan_reads(selection.rows, workdir.store).reset_index(drop=True)
     datasets = sorted(rows.dataset.unique().tolist())
     index = {name: i for i, name in enumerate(datasets)}
     label_kinds = {c: ("int" if label_values(rows[c]).dtype == np.int64 else "float") for c in cfg.label_columns}
@@ -93,14 +97,12 @@ def run_export(config: CemConfig, num_workers: int | None = None) -> ExportResul
         part = rows.iloc[lo:hi].reset_index(drop=True)
         stem = cfg.name if len(bounds) == 1 else f"{cfg.name}-{shard:05d}"
         path = workdir.export / f"{stem}.beton"
-        tmp = path.with_suffix(".beton.tmp")
         source = PatchSource(workdir.store, part, index, cfg.patch_size, cfg.edge_patches, list(cfg.label_columns))
-        DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(source, chunksize=32)
-        failure = source.failure()
-        if failure:
-            tmp.unlink()
-            raise ExportError(f"{workdir.store}: reading patches for {path.name} failed at {failure}")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:  # a failed read raises inside: the partial file is removed
+            DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(source, chunksize=32)
+            failure = source.failure()
+            if failure:
+                raise ExportError(f"{workdir.store}: reading patches for {path.name} failed at {failure}")
         totals += np.frombuffer(source.stats.get_obj(), dtype=np.int64)
         valid_h = np.full(len(part), cfg.patch_size) if cfg.edge_patches == "resize" else part.h.to_numpy()
         valid_w = np.full(len(part), cfg.patch_size) if cfg.edge_patches == "resize" else part.w.to_numpy()
@@ -111,7 +113,8 @@ def run_export(config: CemConfig, num_workers: int | None = None) -> ExportResul
             "x": part.x, "h": valid_h.astype(np.int64), "w": valid_w.astype(np.int64),
             "source_h": part.h, "source_w": part.w,
         })
-        manifest.to_parquet(workdir.export / f"{stem}.manifest.parquet", index=False)
+        with atomic_path(workdir.export / f"{stem}.manifest.parquet") as tmp:
+            manifest.to_parquet(tmp, index=False)
         write_stage_part(workdir.root, "export", stem, pd.DataFrame({
             "patch_id": manifest.patch_id, "exported": True, "export_row": manifest.row, "export_file": path.name,
         }))
@@ -129,5 +132,5 @@ def run_export(config: CemConfig, num_workers: int | None = None) -> ExportResul
         "selection": selection.notes,
     }
     meta_path = workdir.export / f"{cfg.name}.json"
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     return ExportResult(files, meta_path, int(len(rows)), mean, std, time.perf_counter() - started, selection.notes)

@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cem_pipeline.core.atomic import atomic_path
+
 LABELS = ("informative", "uninformative", "skip")
 LABELS_SCHEMA = pa.schema([("patch_id", pa.int64()), ("label", pa.string()), ("time", pa.timestamp("us", tz="UTC"))])
 
@@ -59,11 +61,9 @@ def read_labels(path: Path) -> pd.DataFrame:
 
 def write_labels(path: Path, frame: pd.DataFrame) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
     table = pa.Table.from_pandas(validate_labels(frame, str(path)), schema=LABELS_SCHEMA, preserve_index=False)
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary)
     return path
 
 

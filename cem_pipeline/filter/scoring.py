@@ -1,14 +1,16 @@
-"""Scoring: a batched kernel over one chunk of patches, and the Dask graph that runs it over the exemplars.
+"""Scoring: the network's batched kernel over one chunk of patches, and the Dask graph that runs any
+Classifier over the exemplars.
 
-The model travels to each worker once, inside a WorkerPlugin, and is built there on first use and
-cached for the worker's lifetime; tasks carry only catalog rows. GPU workers (Dask resource GPU)
-run CUDA + bf16 autocast + channels_last; CPU workers give torch all of the worker's threads.
+The classifier travels to each worker once, inside a WorkerPlugin, is readied there on first use
+(Classifier.for_worker) and cached for the worker's lifetime; tasks carry only catalog rows. For
+the network, GPU workers (Dask resource GPU) run CUDA + bf16 autocast + channels_last and CPU
+workers give torch all of the worker's threads.
 """
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,8 +19,8 @@ from distributed import Client, WorkerPlugin, get_worker
 
 from cem_pipeline.core.catalog import write_stage_part
 from cem_pipeline.core.patches import read_patches
-from cem_pipeline.filter.classifier import classifier_from_state, normalize, to_input
-from cem_pipeline.filter.features import forest_scores
+from cem_pipeline.filter.classifier import normalize, to_input
+from cem_pipeline.filter.protocol import Classifier
 
 PLUGIN_NAME = "cem-filter-scorer"
 
@@ -52,46 +54,29 @@ def score_images(model: torch.nn.Module, images: Sequence[np.ndarray], input_siz
 
 
 class ScorerPlugin(WorkerPlugin):
-    """Carries the weights to each worker once and builds the model there on first use."""
+    """Carries the classifier to each worker once and readies it there (device, threads) on first use."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, kind: str, payload: Any, input_size: int, cpu_bf16: bool):
-        self.kind = kind
-        self.payload = payload
-        self.input_size = input_size
-        self.cpu_bf16 = cpu_bf16
+    def __init__(self, classifier: Classifier):
+        self.classifier = classifier
 
     def setup(self, worker) -> None:
         self.worker = worker
         self._lock = threading.Lock()
-        self._model = None
-        self.device = torch.device("cpu")
+        self._ready: Classifier | None = None
 
     def teardown(self, worker) -> None:
-        self._model = None
-
-    def _build(self):
-        gpus = self.worker.state.total_resources.get("GPU", 0)
-        if self.kind == "random_forest":
-            return self.payload
-        if gpus:
-            if not torch.cuda.is_available():
-                raise RuntimeError(f"worker {self.worker.address} advertises GPU={gpus:g} but torch sees no CUDA device")
-            self.device = torch.device("cuda")
-        else:
-            torch.set_num_threads(max(1, self.worker.state.nthreads))
-        return prepare_model(classifier_from_state(self.payload), self.device)
+        self._ready = None
 
     def score(self, images: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
         """One batch stream at a time per worker: it already uses all the worker's threads (or its GPU)."""
         with self._lock:
-            if self._model is None:
-                self._model = self._build()
-            if self.kind == "random_forest":
-                return forest_scores(self._model, images)
-            return score_images(self._model, images, self.input_size, batch_size, self.device,
-                                use_bf16(self.device, self.cpu_bf16))
+            if self._ready is None:
+                state = self.worker.state
+                self._ready = self.classifier.for_worker(state.total_resources.get("GPU", 0), state.nthreads,
+                                                         self.worker.address)
+            return self._ready.score(images, batch_size)
 
 
 def score_part(rows: pd.DataFrame, store: str, batch_size: int) -> pd.DataFrame:
@@ -111,12 +96,12 @@ def chunks(frame: pd.DataFrame, part_size: int) -> list[pd.DataFrame]:
     return out
 
 
-def score_catalog(client: Client, workdir: Path, store: Path, candidates: pd.DataFrame, kind: str, payload: Any,
-                  input_size: int, batch_size: int, part_size: int, threshold: float, gpu: bool,
-                  cpu_bf16: bool) -> pd.DataFrame:
-    """Score every candidate through Dask and write one 'score' table part per dataset; returns the scores."""
+def score_catalog(client: Client, workdir: Path, store: Path, candidates: pd.DataFrame, classifier: Classifier,
+                  batch_size: int, part_size: int, threshold: float, gpu: bool) -> pd.DataFrame:
+    """Score every candidate with `classifier` through Dask and write one 'score' table part per dataset;
+    returns the scores. With `gpu`, tasks go only to workers that advertise the Dask resource GPU."""
     columns = ["patch_id", "dataset", "volume", "axis", "slice", "y", "x", "h", "w"]
-    client.register_plugin(ScorerPlugin(kind, payload, input_size, cpu_bf16), name=PLUGIN_NAME)
+    client.register_plugin(ScorerPlugin(classifier), name=PLUGIN_NAME)
     try:
         parts = chunks(candidates[columns], part_size)
         resources = {"GPU": 1} if gpu else None

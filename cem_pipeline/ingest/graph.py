@@ -25,7 +25,6 @@ Parts: catalog/dataset=<name>/<key>.parquet, rows sorted by (axis, slice, y, x).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cem_pipeline.core.atomic import atomic_path, write_text_atomic
 from cem_pipeline.core.catalog import CATALOG_SCHEMA, catalog_dir, patch_id
 from cem_pipeline.core.config import CemConfig, IngestConfig
 from cem_pipeline.core.store import (
@@ -102,11 +102,9 @@ def part_path(workdir: Workdir, item: VolumeItem) -> Path:
 
 
 def _write_atomic_table(table: pa.Table, path: Path) -> None:
-    """tmp then rename; the tmp name starts with '.' so readers of the directory never see it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    """Through core.atomic: readers of the directory (the catalog dataset) never see a partial part."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def downsample_factor(shape: tuple[int, int, int], max_volume_gb: float) -> int:
@@ -181,7 +179,7 @@ def block_task(plan: Plan, region, mapping: standardize.Mapping) -> tuple[pd.Dat
 
 def catalog_frame(item: VolumeItem, source_file: str, groups: list, hash_size: int) -> pd.DataFrame:
     """One catalog row per patch of the groups; one DataFrame per block (pandas' fixed cost per
-    frame, ~1 ms, would otherwise be paid for every plane axis and tile size)."""
+    frame would otherwise be paid for every plane axis and tile size)."""
     volume = item.array_path
     parts = [(group, *hash_and_moments(group, hash_size)) for group in groups if len(group.slices)]
     if not parts:
@@ -223,8 +221,8 @@ def hash_and_moments(group: tiling.PatchGroup, hash_size: int) -> tuple[np.ndarr
 
 
 def load_kernels() -> None:
-    """Load (or compile) every compiled kernel a block task uses, on a tiny block: ~1 s per fresh
-    worker process (`kernel_load_seconds` in `cem bench ingest`) that would otherwise land on its first block."""
+    """Load (or compile) every compiled kernel a block task uses, on a tiny block, so that cost of a fresh
+    worker process (`kernel_load_seconds` in `cem bench ingest`) does not land on its first block."""
     for shape in ((2, 3, 5), (2, 9, 8)):  # both yz transposes: byte copy, and SWAR with a y tail
         block = np.zeros(shape, np.uint8)
         region = tuple(slice(0, n) for n in shape)
@@ -308,11 +306,7 @@ def write_errors(workdir: Workdir, errors: list[SourceError]) -> None:
 
 
 def _write_marker(workdir: Workdir, item: VolumeItem, rows: int) -> None:
-    path = done_marker(workdir, item)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"array": item.array_path, "rows": rows, "files": list(item.files)}))
-    os.replace(tmp, path)
+    write_text_atomic(done_marker(workdir, item), json.dumps({"array": item.array_path, "rows": rows, "files": list(item.files)}))
 
 
 def _submit_volume(client, plan: Plan, workdir: Workdir):

@@ -11,8 +11,8 @@ import pytest
 
 from cem_pipeline.core.catalog import read_catalog, read_table, write_stage_part
 from cem_pipeline.core.config import parse_config
-from cem_pipeline.core.patches import read_patch
-from cem_pipeline.export.blocks import fit_patch, open_volume
+from cem_pipeline.core.patches import open_volume, read_patch
+from cem_pipeline.export.blocks import fit_patch
 from cem_pipeline.export.select import ExportError, fraction_cap, select_patches
 from cem_pipeline.export.writer import run_export
 

@@ -71,6 +71,35 @@ def test_trained_weights_are_in_the_released_layout(trained):
     assert model.fc.out_features == 1
 
 
+def test_random_forest_file_loads_without_pickle_and_foreign_files_are_refused(labelled, trained, tmp_path):
+    """skops, not joblib: the saved forest round-trips, and a pickle or a skops file of other types is a WeightsError."""
+    import pickle
+
+    import skops.io
+
+    from cem_pipeline.core.config import FilterConfig
+    from cem_pipeline.core.patches import read_patches
+    from cem_pipeline.filter.classifier import WeightsError
+    from cem_pipeline.filter.models import ForestClassifier
+
+    workdir, _, _ = labelled
+    path = trained["random_forest"]["model_path"]
+    assert path.endswith(".skops")
+    forest = ForestClassifier(FilterConfig()).load(path)
+    images = read_patches(workdir.store, filter_candidates(workdir.root)[0].head(6))
+    scores = forest.score(images, batch_size=4)
+    assert scores.shape == (6,) and scores.dtype == np.float32 and np.all((scores >= 0) & (scores <= 1))
+
+    pickled = tmp_path / "forest.pkl"
+    pickled.write_bytes(pickle.dumps(forest.forest))
+    with pytest.raises(WeightsError, match="forest.pkl: not a skops random-forest patch classifier"):
+        ForestClassifier(FilterConfig()).load(pickled)
+    other = tmp_path / "other.skops"
+    skops.io.dump({"model": pd.Timedelta(1)}, other)
+    with pytest.raises(WeightsError, match="other.skops: not a skops random-forest patch classifier"):
+        ForestClassifier(FilterConfig()).load(other)
+
+
 def test_filter_scores_exemplars_through_dask_and_fills_the_catalog(labelled, trained):
     workdir, truth, config = labelled
     result = cem("filter", config)
@@ -117,16 +146,19 @@ def test_gpu_workers_get_gpu_tasks(labelled):
     """A worker advertising GPU=1 takes the CUDA path; on a machine without CUDA that is a clear error."""
     from distributed import Client, LocalCluster
 
+    from cem_pipeline.core.config import FilterConfig
     from cem_pipeline.filter.classifier import build_model
+    from cem_pipeline.filter.models import Resnet34Classifier
     from cem_pipeline.filter.scoring import score_catalog
 
     workdir, _, _ = labelled
     candidates, _ = filter_candidates(workdir.root)
     candidates = candidates.head(8)
+    classifier = Resnet34Classifier(FilterConfig(input_size=64, cpu_bf16=False), build_model())
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
                       resources={"GPU": 1}) as cluster, Client(cluster) as client:  # in-process: nothing listens
-        call = lambda: score_catalog(client, workdir.root, workdir.store, candidates, "resnet34",  # noqa: E731
-                                     build_model().state_dict(), 64, 8, 4, 0.5, gpu=True, cpu_bf16=False)
+        call = lambda: score_catalog(client, workdir.root, workdir.store, candidates, classifier,  # noqa: E731
+                                     8, 4, 0.5, gpu=True)
         if torch.cuda.is_available():
             assert len(call()) == 8
         else:

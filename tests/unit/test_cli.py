@@ -9,7 +9,7 @@ from cem_pipeline.cli import app
 
 PIPELINE = ["demo", "ingest", "catalog", "dedup", "label", "train-filter", "filter", "export",
             "train", "infer", "evaluate", "cluster", "config", "bench"]
-BENCHES = ["ingest", "dhash", "dedup", "score", "loader", "export", "mocov2", "infer"]
+BENCHES = ["ingest", "dhash", "dedup", "score", "loader", "export", "mocov2", "infer", "all"]
 
 
 def _listed(args: list[str]) -> str:

@@ -10,10 +10,8 @@ applied to the source rather than to the already-cropped tile, rotated corners s
 neighbouring pixels where albumentations shows a reflection of the tile.
 
 The benchmark sets are small (a few hundred MB at most), so a plain torch Dataset over in-memory
-arrays, with DataLoader workers, is the pipeline. Measured on this 2-core machine while it was
-heavily shared (load ~11): 11 ms per 512x512 sample cut from 1024x1024 cdeep3m slices with the
-common augmentations, 19 ms with noise, blur and non-empty cropping, on one core; a batch of 16
-then needs a few DataLoader workers to keep up with a GPU step. FFCV would add a write step and
+arrays, with DataLoader workers, is the pipeline: a sample's cv2 warps cost milliseconds on one
+core, so a batch of 16 needs a few DataLoader workers to keep up with a GPU step. FFCV would add a write step and
 a numba compile while the per-sample work (cv2 warps) stays the same, so it is not used here.
 Randomness is keyed on (seed, epoch, index) so results do not depend on worker scheduling.
 """

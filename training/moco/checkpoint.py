@@ -6,7 +6,6 @@ exact resume needs: scheduler, global step, loader seed, per-rank RNG states (as
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from cem_pipeline.core.atomic import atomic_path
 
 PREFIX = "module."
 _NAME = re.compile(r"checkpoint_(\d{4,})\.pth\.tar$")
@@ -75,10 +76,8 @@ def restore_rng_state(state: dict[str, Any], generators: Generators) -> None:
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write atomically (temp file + rename) so a job killed mid-write never leaves a truncated 'latest'."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cem_pipeline.core.atomic import atomic_path, write_text_atomic
 from training.data.seg_pipeline import SegAugmentParams, SegmentationDataset
 from training.seg.config import SegConfig, resolve_path
 from training.seg.datasets import load_benchmark
@@ -163,12 +164,13 @@ def run_training(config: SegConfig, log: Callable[[str], None] = print) -> Path:
     out = config.output_path
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.pt"
-    torch.save(
-        {"model": model.cpu().state_dict(), "num_classes": config.model.num_classes, "norms": list(norms),
-         "config": config.model_dump(mode="json")},
-        path,
-    )
-    (out / "train_log.json").write_text(json.dumps({"losses": losses, "class_weights": weights, "frozen": frozen}))
+    with atomic_path(path) as tmp:  # a killed run never leaves a truncated model.pt that load_trained would trust
+        torch.save(
+            {"model": model.cpu().state_dict(), "num_classes": config.model.num_classes, "norms": list(norms),
+             "config": config.model_dump(mode="json")},
+            tmp,
+        )
+    write_text_atomic(out / "train_log.json", json.dumps({"losses": losses, "class_weights": weights, "frozen": frozen}))
     return path
 
 
