@@ -7,6 +7,7 @@ of size 0 or 1 in-plane, and an integer or float dtype.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,18 @@ _CONTENT = {
     "nifti": {"gzip", None},
     "nrrd": {"nrrd"},
     "mrc": {None},
+}
+# format -> (reader module in this package, whether its read() takes the dataset path inside the
+# file); modules are imported on first use so that opening a TIFF never imports h5py or av
+READERS: dict[str, tuple[str, bool]] = {
+    "image2d": ("image2d", False),
+    "tiff": ("tiff", False),
+    "mrc": ("mrc", False),
+    "nifti": ("nifti", False),
+    "nrrd": ("nrrd_reader", False),
+    "hdf5": ("hdf5", True),
+    "zarr": ("zarr_reader", True),
+    "video": ("video", False),
 }
 CLOUD_PREFIXES = ("precomputed://", "gs://", "s3://", "http://", "https://", "file://", "matrix://")
 
@@ -105,40 +118,11 @@ def open_volume(item: "VolumeItem") -> Volume:
         if os.path.isfile(path) and not os.access(path, os.R_OK):
             raise ReaderError(path, "file is not readable (permission denied)")
         _check_content(path, fmt)
-        if fmt == "image2d":
-            from cem_pipeline.sources.readers import image2d
-
-            volume = image2d.read(path)
-        elif fmt == "tiff":
-            from cem_pipeline.sources.readers import tiff
-
-            volume = tiff.read(path)
-        elif fmt == "mrc":
-            from cem_pipeline.sources.readers import mrc
-
-            volume = mrc.read(path)
-        elif fmt == "nifti":
-            from cem_pipeline.sources.readers import nifti
-
-            volume = nifti.read(path)
-        elif fmt == "nrrd":
-            from cem_pipeline.sources.readers import nrrd_reader
-
-            volume = nrrd_reader.read(path)
-        elif fmt == "hdf5":
-            from cem_pipeline.sources.readers import hdf5
-
-            volume = hdf5.read(path, item.dataset_path)
-        elif fmt == "zarr":
-            from cem_pipeline.sources.readers import zarr_reader
-
-            volume = zarr_reader.read(path, item.dataset_path)
-        elif fmt == "video":
-            from cem_pipeline.sources.readers import video
-
-            volume = video.read(path)
-        else:
+        if fmt not in READERS:
             raise ReaderError(path, f"format '{fmt}' has no volume reader")
+        module_name, inner_path = READERS[fmt]
+        reader = importlib.import_module(f"{__name__}.{module_name}")
+        volume = reader.read(path, item.dataset_path) if inner_path else reader.read(path)
     if item.voxel_size is not None:
         volume.voxel_size = tuple(float(v) for v in item.voxel_size)  # type: ignore[assignment]
         volume.meta["voxel_size_from"] = "manifest"
