@@ -66,7 +66,7 @@ def run_demo(workdir: Path, seed: int, run_command: Callable[[list[str]], int], 
     echo(
         "\ndemo finished. Next:\n"
         f"  cem catalog {config_path}    (per-dataset counts)\n"
-        f"  cem train mocov2 <mocov2.yaml>    (pre-train on {workdir.resolve() / 'export'}; see training/configs)\n"
+        f"  cem train mocov2 <mocov2.yaml>    (pre-train on {workdir.resolve() / 'export'}; see training/moco/configs)\n"
         "  notebooks/query_catalog.ipynb    (query the catalog with pandas / DuckDB)"
     )
     return 0

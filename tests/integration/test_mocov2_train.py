@@ -43,7 +43,7 @@ def _config(beton: Path, out: Path, **overrides) -> dict:
 
 def _metrics(directory: Path) -> list[dict[str, float]]:
     with open(directory / "metrics.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
 def _train_in_process(config: dict) -> None:

@@ -113,3 +113,101 @@ def test_freezing_and_batchnorm_statistics():
     model(x)
     assert torch.equal(before, model.encoder.bn1.running_mean)
     assert model.decoder.training
+
+
+# --- backbones: checkpoints of the MoCo trainer for each model.arch ---------------------------------------
+
+def trainer_checkpoint(path, arch: str, head_bn: bool = False, with_arch: bool = True):
+    """What training/moco/train.py saves (epoch, arch, released state_dict, norms), for a MoCo of `arch`."""
+    from training.moco.checkpoint import released_state_dict
+    from training.moco.model import MoCo
+
+    torch.manual_seed(1)
+    moco = MoCo(dim=16, mlp_hidden=32, queue_size=8, arch=arch, head_bn=head_bn)
+    payload = {"epoch": 1, "state_dict": released_state_dict(moco), "norms": [0.5, 0.25]}
+    if with_arch:
+        payload["arch"] = arch
+    torch.save(payload, path)
+    return moco
+
+
+@pytest.mark.parametrize("arch, head_bn", [("resnet18", False), ("resnet34", True), ("resnet50", False)])
+def test_each_trainer_arch_loads_strictly_into_its_unet_encoder(tmp_path, arch, head_bn):
+    from training.seg.model import build_transfer_unet, unet_encoder
+
+    path = tmp_path / f"{arch}.pth.tar"
+    moco = trainer_checkpoint(path, arch, head_bn=head_bn)
+    model, norms = build_transfer_unet(1, path)  # the encoder follows the checkpoint's arch
+    assert unet_encoder(model) == arch and norms == (0.5, 0.25)
+    query = moco.encoder_q.state_dict()
+    encoder = model.encoder.state_dict()
+    assert {k for k in query if not k.startswith("fc.")} == set(encoder)
+    for name, tensor in encoder.items():
+        assert torch.equal(tensor, query[name]), name
+    same, _ = build_transfer_unet(1, path, encoder=arch)  # an agreeing model.encoder is fine
+    assert unet_encoder(same) == arch
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)  # decoder widths fit every encoder
+
+
+def test_encoder_setting_must_agree_with_checkpoint_arch(tmp_path):
+    from training.seg.model import build_transfer_unet
+
+    path = tmp_path / "r18.pth.tar"
+    trainer_checkpoint(path, "resnet18")
+    with pytest.raises(EncoderLoadError, match=r"model\.encoder is resnet50 but the checkpoint was trained with arch resnet18") as error:
+        build_transfer_unet(1, path, encoder="resnet50")
+    assert str(path) in str(error.value)
+    # loading it into a U-Net of another encoder directly: the strict check lists what does not fit
+    with pytest.raises(EncoderLoadError) as error:
+        load_encoder(build_unet(1, "resnet34"), path)
+    message = str(error.value)
+    assert "encoder does not match U-Net resnet34 (1 channel) (checkpoint arch resnet18)" in message
+    assert "missing keys: layer1.2.bn1.bias" in message
+
+
+def test_arch_that_lies_about_keys_and_unknown_arch_are_errors(tmp_path):
+    from training.seg.model import build_transfer_unet
+
+    path = tmp_path / "lying.pth.tar"
+    trainer_checkpoint(path, "resnet18")
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, "arch": "resnet50"}, path)
+    with pytest.raises(EncoderLoadError, match="shape mismatches: .*conv1.weight: checkpoint"):
+        build_transfer_unet(1, path)
+    torch.save({**checkpoint, "arch": "resnet101"}, path)
+    with pytest.raises(EncoderLoadError, match="checkpoint arch 'resnet101' has no U-Net encoder"):
+        build_transfer_unet(1, path)
+
+
+def test_checkpoint_without_arch_is_read_off_its_keys(tmp_path):
+    from training.seg.model import build_transfer_unet, unet_encoder
+
+    path = tmp_path / "noarch.pth.tar"
+    trainer_checkpoint(path, "resnet34", with_arch=False)
+    model, _ = build_transfer_unet(1, path)
+    assert unet_encoder(model) == "resnet34"
+
+
+def test_seg_config_encoder_and_saved_model_round_trip(tmp_path):
+    from training.seg.config import parse_seg_config
+    from training.seg.train import load_trained, prepare_model
+
+    path = tmp_path / "r18.pth.tar"
+    trainer_checkpoint(path, "resnet18")
+    base = {"name": "t", "output_dir": str(tmp_path / "out"), "data": {"layout": "folders2d", "root": ".", "train": {"images": "x"}},
+            "train": {"iterations": 1, "crop_size": 64}}
+    config = parse_seg_config({**base, "model": {"init": "checkpoint", "checkpoint": str(path)}})
+    model, norms, frozen = prepare_model(config)
+    assert norms == (0.5, 0.25) and frozen == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+    random_config = parse_seg_config({**base, "model": {"encoder": "resnet34"}})
+    from training.seg.model import unet_encoder
+
+    assert unet_encoder(prepare_model(random_config)[0]) == "resnet34"
+    assert unet_encoder(prepare_model(parse_seg_config(base))[0]) == "resnet50"
+    wrong = parse_seg_config({**base, "model": {"init": "checkpoint", "checkpoint": str(path), "encoder": "resnet50"}})
+    with pytest.raises(EncoderLoadError, match="model.encoder is resnet50 .* arch resnet18"):
+        prepare_model(wrong)
+    saved = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "num_classes": 1, "encoder": unet_encoder(model), "norms": [0.5, 0.25]}, saved)
+    loaded, _ = load_trained(saved)
+    assert unet_encoder(loaded) == "resnet18"

@@ -26,6 +26,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -245,6 +246,15 @@ class MocoAugment:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.buffers = OutputBuffers()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state of both random streams (view parameters, noise), as plain data that loads with
+        torch.load(weights_only=True)."""
+        return {"rng": self.rng.bit_generator.state, "noise": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["noise"])
+
     def draw(self, images: torch.Tensor, valid_hw: torch.Tensor | None) -> ViewParams:
         """This view's random parameters for the batch (advances the generator)."""
         if images.ndim != 3 or images.dtype != torch.uint8:
@@ -281,6 +291,22 @@ class TwoViewAugment:
                  params: MocoAugmentParams = MocoAugmentParams()):
         self.query = MocoAugment(mean, std, device, 2 * seed, params)
         self.key = MocoAugment(mean, std, device, 2 * seed + 1, params)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both views' random streams under flat names (`augment_q`, `augment_q_noise`, `augment_k`,
+        `augment_k_noise`), the names a MoCo checkpoint's per-rank `rng` entry keeps them under."""
+        state = {}
+        for name, view in (("augment_q", self.query), ("augment_k", self.key)):
+            own = view.state_dict()
+            state[name], state[f"{name}_noise"] = own["rng"], own["noise"]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted({"augment_q", "augment_q_noise", "augment_k", "augment_k_noise"} - set(state))
+        if missing:
+            raise KeyError(f"no augmentation RNG state for {', '.join(missing)}")
+        for name, view in (("augment_q", self.query), ("augment_k", self.key)):
+            view.load_state_dict({"rng": state[name], "noise": state[f"{name}_noise"]})
 
     def __call__(self, images: torch.Tensor, valid_hw: torch.Tensor | None = None,
                  patch_id: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

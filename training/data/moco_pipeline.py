@@ -2,7 +2,7 @@
 
     from training.data.moco_pipeline import make_moco_loader
     from training.data.augment import TwoViewAugment
-    from training.data.manifest import read_manifest
+    from cem_pipeline.export.sidecar import read_manifest
 
     meta = read_manifest(beton)
     loader = make_moco_loader(beton, batch_size=128, num_workers=8, order="random",
@@ -45,6 +45,11 @@ class MocoLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch `epoch`: ffcv orders epoch e by (seed, e), so a resumed run
+        continues the sequence of an uninterrupted one."""
+        self.loader.next_epoch = int(epoch)
 
     def __iter__(self) -> Iterator[MocoBatch]:
         at = self._positions

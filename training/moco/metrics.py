@@ -1,14 +1,20 @@
 """Training metrics: one CSV (append-only, survives resume), TensorBoard scalars, a tqdm bar on rank 0.
 
 Only rank 0 writes; other ranks get a logger whose methods do nothing, so the loop has no rank checks.
+A row may carry only some columns (the k-NN probe has a row of its own at the end of an epoch);
+the others are left empty.
 """
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-COLUMNS = ["epoch", "step", "loss", "acc1", "lr", "images_per_s"]
+_POSTFIX = {"loss": ("loss", "{:.4f}"), "acc1": ("acc1", "{:.1f}"), "emb_std": ("std", "{:.2f}"),
+            "knn_acc": ("knn", "{:.1f}"), "images_per_s": ("img_s", "{:.1f}")}
+COLUMNS = ["epoch", "step", "loss", "acc1", "lr", "images_per_s", "emb_std", "align", "uniform", "logit_gap", "batch_acc1",
+           "queue_gap", "knn_acc"]
 
 
 class MetricsLogger:
@@ -20,6 +26,7 @@ class MetricsLogger:
         self._writer = None
         self._tb = None
         self._bar = None
+        self._postfix: dict[str, str] = {}
         if enabled:
             Path(directory).mkdir(parents=True, exist_ok=True)
             new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
@@ -48,12 +55,29 @@ class MetricsLogger:
     def log(self, epoch: int, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._writer.writerow({"epoch": epoch, "step": step, **{k: f"{values[k]:.6g}" for k in COLUMNS[2:]}})
+        present = [k for k in COLUMNS[2:] if k in values]
+        self._writer.writerow({"epoch": epoch, "step": step, **{k: f"{values[k]:.6g}" for k in present}})
         self._file.flush()
-        for name in COLUMNS[2:]:
-            self._tb.add_scalar(f"train/{name}", values[name], step)
+        for name in present:
+            self._tb.add_scalar(f"{'probe' if name == 'knn_acc' else 'train'}/{name}", values[name], step)
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{values['loss']:.4f}", acc1=f"{values['acc1']:.1f}", img_s=f"{values['images_per_s']:.1f}")
+            self._postfix.update({short: fmt.format(values[name]) for name, (short, fmt) in _POSTFIX.items() if name in values})
+            self._bar.set_postfix(self._postfix)
+
+    def epoch_summary(self, epoch: int, values: dict[str, float]) -> None:
+        """One line per epoch on stdout (the bar of an epoch does not stay), with the probe when it ran."""
+        if not self.enabled:
+            return
+        line = f"epoch {epoch}: " + " ".join(f"{name} {values[name]:.4g}" for name in COLUMNS[2:] if name in values)
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def warn(self, message: str) -> None:
+        """A line on stderr that stands out from the progress bar (rank 0 only)."""
+        if self.enabled:
+            print(f"\n{'!' * 8} {message} {'!' * 8}", file=sys.stderr, flush=True)
 
     def bar(self, iterable: Iterable, total: int, epoch: int) -> Iterator:
         """tqdm over one epoch on rank 0; the plain iterable elsewhere."""

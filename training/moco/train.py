@@ -7,6 +7,7 @@ Launch modes: torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment, env:// re
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -14,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,10 @@ from training.moco.checkpoint import (
 from training.moco.config import MocoConfig, dump_moco_config, load_moco_config
 from training.moco.metrics import MetricsLogger
 from training.moco.model import MoCo
+from training.moco.probe import HEALTH_COLUMNS, EpochHealth, collapse_reasons, embedding_health, probe_knn
+
+if TYPE_CHECKING:
+    from training.data.augment import TwoViewAugment
 
 
 @dataclass
@@ -76,7 +81,8 @@ def build_model(config: MocoConfig, rt: Runtime) -> MoCo:
     """Same initial weights on every rank (seeded), and the shuffle generator seeded for checkpointing."""
     torch.manual_seed(config.runtime.seed)
     m = config.model
-    model = MoCo(m.dim, m.mlp_hidden, m.queue_size, m.momentum, m.temperature, m.shuffle_bn)
+    model = MoCo(m.dim, m.mlp_hidden, m.queue_size, m.momentum, m.temperature, m.shuffle_bn, m.arch,
+                 config.bn_splits(rt.world), m.head_bn, m.negatives, m.stem)
     model.shuffle_generator.manual_seed(config.runtime.seed)
     model = model.to(rt.device)
     if rt.channels_last:
@@ -90,10 +96,22 @@ def require_beton(config: MocoConfig) -> None:
         raise ConfigError(f"data.beton: {config.data.beton} does not exist (write it with `cem export`)")
 
 
+def augment_params(config: MocoConfig):
+    """The paper's augmentation at `data.crop_size`, blur sigma scaled to the view size (see DataConfig)."""
+    from training.data.augment import MocoAugmentParams
+
+    params = MocoAugmentParams(out_size=config.data.crop_size)
+    reference = config.data.blur_sigma_reference
+    if reference is None:
+        return params
+    scale = config.data.crop_size / reference
+    return dataclasses.replace(params, blur_sigma=(params.blur_sigma[0] * scale, params.blur_sigma[1] * scale))
+
+
 def build_data(config: MocoConfig, rt: Runtime):
     """The ffcv loader over this rank's shard of the .beton, the two-view GPU/CPU augmentation, and [mean, std]."""
     from cem_pipeline.export.sidecar import read_manifest
-    from training.data.augment import MocoAugmentParams, TwoViewAugment
+    from training.data.augment import TwoViewAugment
     from training.data.moco_pipeline import make_moco_loader
 
     if config.optim.batch_size % rt.world:
@@ -114,35 +132,36 @@ def build_data(config: MocoConfig, rt: Runtime):
     )
     augment = TwoViewAugment(
         manifest.mean, manifest.std, rt.device, seed=config.runtime.seed + rt.rank,
-        params=MocoAugmentParams(out_size=config.data.crop_size),
+        params=augment_params(config),
     )
     return loader, augment, [float(manifest.mean), float(manifest.std)]
 
 
-def generators(model: MoCo, augment) -> dict[str, Any]:
-    """Every seeded generator the training step draws from; their states go into checkpoints."""
-    return {
-        "shuffle": model.shuffle_generator,
-        "augment_q": augment.query.rng,
-        "augment_q_noise": augment.query.generator,
-        "augment_k": augment.key.rng,
-        "augment_k_noise": augment.key.generator,
-    }
-
-
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, view_q: torch.Tensor, view_k: torch.Tensor,
-               rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch of view pairs; returns the (unsynchronised) loss and logits."""
+               rt: Runtime) -> tuple[torch.Tensor, ...]:
+    """One SGD step on a batch of view pairs; returns the (unsynchronised) loss, logits and the
+    normalised q and k embeddings (for the health indicators)."""
     if rt.channels_last:
         view_q = view_q.contiguous(memory_format=torch.channels_last)
         view_k = view_k.contiguous(memory_format=torch.channels_last)
     with torch.autocast(rt.device.type, dtype=rt.autocast_dtype or torch.float32, enabled=rt.autocast_dtype is not None):
-        logits, labels = model(view_q, view_k)
+        logits, labels, q, k = model(view_q, view_k, embeddings=True)
     loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), logits.detach()
+    return loss.detach(), logits.detach(), q, k
+
+
+def load_probe(config: MocoConfig, norms: list[float], rt: Runtime):
+    """The k-NN probe set at the view size, normalised like the views (rank 0 only; None elsewhere or unset)."""
+    from training.moco.probe import load_probe_set
+
+    if config.monitor.probe is None or not rt.is_main:
+        return None
+    if not config.monitor.probe.is_file():
+        raise ConfigError(f"monitor.probe: {config.monitor.probe} does not exist (write it with training.moco.probe.build_probe_set)")
+    return load_probe_set(config.monitor.probe, config.data.crop_size, *norms)
 
 
 def _resume_source(config: MocoConfig) -> Path | None:
@@ -151,9 +170,10 @@ def _resume_source(config: MocoConfig) -> Path | None:
     return config.output.resume
 
 
-def _gather_rng(named: dict[str, Any], rt: Runtime) -> list[dict[str, Any]]:
-    """Every rank's RNG states, collected on all ranks (rank 0 saves them)."""
-    state = rng_state(named)
+def _gather_rng(model: MoCo, augment: TwoViewAugment, rt: Runtime) -> list[dict[str, Any]]:
+    """Every rank's RNG states (torch's, the shuffled-BN permutation's, the augmentation's),
+    collected on all ranks (rank 0 saves them)."""
+    state = rng_state({"shuffle": model.shuffle_generator}) | augment.state_dict()
     if rt.world == 1:
         return [state]
     states: list[Any] = [None] * rt.world
@@ -179,7 +199,6 @@ def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0
         momentum=config.optim.momentum,
         weight_decay=config.optim.weight_decay,
     )
-    named = generators(model, augment)
 
     start_epoch, step = 0, 0
     source = _resume_source(config)
@@ -195,8 +214,12 @@ def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0
             raise CheckpointError(f"{source}: saved with runtime.seed {checkpoint['loader']['seed']}, config has {config.runtime.seed}")
         if len(checkpoint["rng"]) != world:
             raise CheckpointError(f"{source}: saved by {len(checkpoint['rng'])} processes, resuming with {world}")
-        restore_rng_state(checkpoint["rng"][rank], named)
-    loader.loader.next_epoch = start_epoch  # ffcv orders epoch e by seed + e: resume continues the sequence
+        restore_rng_state(checkpoint["rng"][rank], {"shuffle": model.shuffle_generator})
+        try:
+            augment.load_state_dict(checkpoint["rng"][rank])
+        except KeyError as exc:
+            raise CheckpointError(f"{source}: {exc.args[0]}") from None
+    loader.set_epoch(start_epoch)
 
     if config.runtime.compile:
         model.encoder_q.compile()
@@ -210,30 +233,53 @@ def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0
     )
     metrics = MetricsLogger(config.output.dir, enabled=rt.is_main, progress=config.output.progress)
     metrics.truncate_after(step)
+    probe = load_probe(config, norms, rt)
+    monitor = config.monitor
     last: dict[str, float] = {}
+    collapsed_at: int | None = None
     try:
         for epoch in range(start_epoch, config.optim.epochs):
             lr = learning_rate(config, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ddp.train()
+            health = EpochHealth()
             window_start, window_images = time.perf_counter(), 0
             for batch in metrics.bar(loader, len(loader), epoch):
                 view_q, view_k = augment(*batch)
-                loss, logits = train_step(ddp, optimizer, view_q, view_k, rt)
+                loss, logits, q, k = train_step(ddp, optimizer, view_q, view_k, rt)
                 step += 1
                 window_images += view_q.shape[0] * world
                 if step % config.output.log_every == 0:
-                    stats = torch.stack([loss.detach().float(), (logits.argmax(1) == 0).float().mean() * 100])
+                    indicators = embedding_health(q, k, logits, config.model.temperature, config.model.queue_size)
+                    stats = torch.tensor([loss.float().item(), (logits.argmax(1) == 0).float().mean().item() * 100,
+                                          *(indicators[name] for name in HEALTH_COLUMNS)], device=rt.device)
                     if world > 1:
                         dist.all_reduce(stats)
                         stats /= world
                     elapsed = time.perf_counter() - window_start
-                    last = {"loss": stats[0].item(), "acc1": stats[1].item(), "lr": lr, "images_per_s": window_images / elapsed}
+                    values = stats.tolist()
+                    last = {"loss": values[0], "acc1": values[1], "lr": lr, "images_per_s": window_images / elapsed,
+                            **dict(zip(HEALTH_COLUMNS, values[2:]))}
+                    health.add(last)
                     metrics.log(epoch, step, last)
                     window_start, window_images = time.perf_counter(), 0
-            if (epoch + 1) % config.output.save_every == 0 or epoch + 1 == config.optim.epochs:
-                rng = _gather_rng(named, rt)
+            if probe is not None and ((epoch + 1) % monitor.every == 0 or epoch + 1 == config.optim.epochs):
+                last["knn_acc"] = probe_knn(model.encoder_q, probe, k=monitor.knn_k)
+                metrics.log(epoch, step, {"knn_acc": last["knn_acc"]})
+            epoch_health = health.mean()
+            metrics.epoch_summary(epoch, {**epoch_health, **({"knn_acc": last["knn_acc"]} if "knn_acc" in last else {})})
+            # health is all-reduced, so every rank reaches the same verdict
+            reasons = []
+            if epoch >= monitor.warmup_epochs:
+                reasons = collapse_reasons(epoch_health, monitor.min_emb_std, monitor.min_logit_gap, monitor.max_queue_gap)
+            if reasons:
+                metrics.warn(f"REPRESENTATION COLLAPSE at epoch {epoch}: {'; '.join(reasons)}"
+                             + (" -- stopping (monitor.stop_on_collapse)" if monitor.stop_on_collapse else ""))
+                collapsed_at = epoch if collapsed_at is None else collapsed_at
+            stop = bool(reasons) and monitor.stop_on_collapse
+            if (epoch + 1) % config.output.save_every == 0 or epoch + 1 == config.optim.epochs or stop:
+                rng = _gather_rng(model, augment, rt)
                 if rt.is_main:
                     save_checkpoint(
                         checkpoint_path(config.output.dir, epoch + 1),
@@ -252,9 +298,11 @@ def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0
                     )
                 if world > 1:
                     dist.barrier()
+            if stop:
+                return {"epoch": epoch + 1, "step": step, "collapsed_at": collapsed_at, **last}
     finally:
         metrics.close()
-    return {"epoch": config.optim.epochs, "step": step, **last}
+    return {"epoch": config.optim.epochs, "step": step, "collapsed_at": collapsed_at, **last}
 
 
 def _worker(local_rank: int, config: MocoConfig, world: int, init_file: str) -> None:

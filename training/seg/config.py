@@ -67,6 +67,9 @@ class ModelConfig(Section):
         "random", description="checkpoint: MoCoV2 checkpoint in the paper's released layout (ours writes the same layout)"
     )
     checkpoint: str | None = None
+    encoder: Literal["resnet18", "resnet34", "resnet50"] | None = Field(
+        None, description="U-Net encoder (smp name). Default: the checkpoint's arch (MoCoV2 model.arch) for "
+        "init checkpoint, which a value here must agree with; resnet50 (the paper's) for random")
     finetune_from: Literal["all", "layer1", "layer2", "layer3", "layer4", "none"] | None = Field(
         None,
         description="encoder parts trained: all; layerN = layerN and deeper; none = encoder frozen. "

@@ -24,7 +24,7 @@ from training.data.seg_pipeline import SegAugmentParams, SegmentationDataset
 from training.seg.config import SegConfig, resolve_path
 from training.seg.datasets import load_benchmark
 from training.seg.infer import select_device
-from training.seg.model import build_unet, freeze_encoder, load_encoder, set_train_mode
+from training.seg.model import DEFAULT_ENCODER, build_transfer_unet, build_unet, freeze_encoder, set_train_mode, unet_encoder
 
 RARE_FRACTION = 0.10
 NOISE_VAR = (400.0, 1200.0)  # Guay / All-Mito GaussNoise variance on 0-255 pixels
@@ -93,10 +93,8 @@ def make_loss(num_classes: int, weights: list[float] | None) -> Callable[[torch.
 def prepare_model(config: SegConfig) -> tuple[nn.Module, tuple[float, float] | None, list[str]]:
     """Seeded U-Net, encoder initialised per config, frozen per config; returns (model, checkpoint norms, frozen parts)."""
     torch.manual_seed(config.seed)
-    model = build_unet(config.model.num_classes)
-    norms = None
-    if config.model.init == "checkpoint":
-        norms = load_encoder(model, resolve_path(config.model.checkpoint))
+    checkpoint = resolve_path(config.model.checkpoint) if config.model.init == "checkpoint" else None
+    model, norms = build_transfer_unet(config.model.num_classes, checkpoint, config.model.encoder)
     frozen = freeze_encoder(model, config.model.trainable_from)
     return model, norms, frozen
 
@@ -138,7 +136,8 @@ def fine_tune(
 
 
 def run_training(config: SegConfig, log: Callable[[str], None] = print) -> Path:
-    """`cem train seg`: load the benchmark, fine-tune, save OUTPUT/model.pt (+ train_log.json)."""
+    """`cem train seg`: load the benchmark, fine-tune, save OUTPUT/model.pt (model, num_classes, encoder,
+    norms, config; + train_log.json)."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     bench = load_benchmark(config.data, train=True, evaluate=False)
@@ -159,6 +158,7 @@ def run_training(config: SegConfig, log: Callable[[str], None] = print) -> Path:
     dataset = SegmentationDataset(bench.train_images, bench.train_masks, config.train.crop_size, augment=True,
                                   seed=config.seed, params=augment_params(config))
     log(f"{config.name}: {len(bench.train_images)} training images, init {config.model.init}, "
+        f"encoder {unet_encoder(model)}, "
         f"frozen {frozen or 'nothing'}, norms {norms[0]:.4f}/{norms[1]:.4f}, weights {weights}")
     losses = fine_tune(model, dataset, config, norms, frozen, weights, log)
     out = config.output_path
@@ -166,7 +166,8 @@ def run_training(config: SegConfig, log: Callable[[str], None] = print) -> Path:
     path = out / "model.pt"
     with atomic_path(path) as tmp:  # a killed run never leaves a truncated model.pt that load_trained would trust
         torch.save(
-            {"model": model.cpu().state_dict(), "num_classes": config.model.num_classes, "norms": list(norms),
+            {"model": model.cpu().state_dict(), "num_classes": config.model.num_classes, "encoder": unet_encoder(model),
+             "norms": list(norms),
              "config": config.model_dump(mode="json")},
             tmp,
         )
@@ -180,7 +181,7 @@ def load_trained(path: str | Path) -> tuple[nn.Module, tuple[float, float]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model (run `cem train seg` first)")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_unet(int(saved["num_classes"]))
+    model = build_unet(int(saved["num_classes"]), str(saved.get("encoder", DEFAULT_ENCODER)))  # older files: resnet50
     model.load_state_dict(saved["model"], strict=True)
     mean, std = saved["norms"]
     return model, (float(mean), float(std))
