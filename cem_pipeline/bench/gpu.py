@@ -149,16 +149,7 @@ def calibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> nn.Mod
 
     A random-init network in eval mode with BN's initial (0, 1) statistics grows its activations layer by
     layer until sigmoid outputs saturate at 0 or 1, where every precision agrees and the check is void."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    for batch in batches:
-        model(batch)
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
+    torch.optim.swa_utils.update_bn(batches, model)
     return model.eval()
 
 
