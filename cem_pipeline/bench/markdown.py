@@ -9,6 +9,7 @@ updating one entry never has to parse the rendered Markdown.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -90,6 +91,11 @@ def render_section(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _relative_to(folder: Path, base: Path) -> str:
+    """The data folder as seen from the written file, so a committed BENCHMARKS.md names no machine's paths."""
+    return os.path.relpath(Path(folder).resolve(), Path(base).resolve())
+
+
 def write_runs(path: Path, runs: list[Run], quick: bool, em_data: Path | None, written_by: str, whole_section: bool) -> Path:
     """Put `runs` into the section of the machine they ran on (created at the end of the file when
     new). whole_section: the section then holds exactly these runs (`bench all`); otherwise they
@@ -101,7 +107,7 @@ def write_runs(path: Path, runs: list[Run], quick: bool, em_data: Path | None, w
     match = next((m for m in SECTION.finditer(text) if json.loads(m.group(1)).get("key") == key), None)
     old = json.loads(match.group(1)) if match else {}
     previous = old.get("runs", {}) if not whole_section else {}
-    em_data = str(em_data) if em_data is not None else old.get("em_data", "-")
+    em_data = _relative_to(em_data, path.parent) if em_data is not None else old.get("em_data", "-")
     data = {"key": key, "quick": quick, "machine": machine, "em_data": em_data, "written": utc_now(),
             "written_by": written_by, "runs": {**previous, **{run.name: asdict(run) for run in runs}}}
     section = render_section(data)
