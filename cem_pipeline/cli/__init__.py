@@ -12,10 +12,12 @@ from cem_pipeline.cli import (
     config,
     dedup,
     demo,
+    experiment,
     export,
     filter,
     ingest,
     seg,
+    status,
     train,
 )
 
@@ -27,5 +29,5 @@ app = typer.Typer(
 )
 
 # the order `cem --help` lists them: the pipeline's order
-for group in (demo, ingest, dedup, filter, export, train, seg, cluster, config, bench):
+for group in (demo, ingest, dedup, filter, export, status, train, seg, experiment, cluster, config, bench):
     group.register(app)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -28,3 +29,20 @@ def echo_result(result: dict, as_json: bool) -> None:
     width = max((len(key) for key in result), default=0)
     for key, value in result.items():
         typer.echo(f"{key:>{width}}: {value:.4g}" if isinstance(value, float) else f"{key:>{width}}: {value}")
+
+
+@contextmanager
+def workdir_locked(workdir: Path, command: str) -> Iterator[None]:
+    """Hold the workdir's run lock for a command that writes it; exit 2 naming the holder when it is taken."""
+    from cem_pipeline.core.lock import WorkdirBusy, WorkdirLock
+
+    lock = WorkdirLock(workdir, command)
+    try:
+        lock.acquire()
+    except WorkdirBusy as exc:
+        typer.secho(f"{command}: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    try:
+        yield
+    finally:
+        lock.release()

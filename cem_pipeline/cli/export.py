@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cem_pipeline.cli.common import ConfigArg, config_or_exit
+from cem_pipeline.cli.common import ConfigArg, config_or_exit, workdir_locked
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = config_or_exit(config)
         try:
-            result = run_export(cfg, num_workers=workers)
+            with workdir_locked(cfg.workdir, "export"):
+                result = run_export(cfg, num_workers=workers)
         except (ExportError, FileNotFoundError, ValueError) as exc:
             typer.secho(f"export: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cem_pipeline.cli.common import ConfigArg, config_or_exit
+from cem_pipeline.cli.common import ConfigArg, config_or_exit, workdir_locked
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -107,7 +107,8 @@ def register(app: typer.Typer) -> None:
         cfg = config_or_exit(config)
         kind = _model_kind(model or cfg.filter.model)
         try:
-            run = run_filter(cfg, kind, weights, echo=typer.echo)
+            with workdir_locked(cfg.workdir, "filter"):
+                run = run_filter(cfg, kind, weights, echo=typer.echo)
         except WeightsError as exc:
             _fail(str(exc), 2)
         except FilterError as exc:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cem_pipeline.cli.common import ConfigArg, config_or_exit
+from cem_pipeline.cli.common import ConfigArg, config_or_exit, workdir_locked
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         cfg = config_or_exit(config)
         workdir = Workdir(cfg.workdir).create()
         try:
-            with open_client(cfg.cluster, workdir.logs / "jobs") as client:
+            with workdir_locked(workdir.root, "ingest"), open_client(cfg.cluster, workdir.logs / "jobs") as client:
                 summary = run_ingest(cfg, client, progress=progress)
         except (ClusterError, ConfigError) as exc:
             typer.secho(f"ingest: {exc}", fg=typer.colors.RED, err=True)

@@ -5,6 +5,7 @@ keys that are allowed, instead of a setting silently ignored on a cluster hours 
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -74,6 +75,14 @@ class SourceSpec(Section):
             raise ValueError("dataset names use letters, digits, '_', '.', '-' (they name zarr groups and Parquet partitions)")
         return value
 
+    @field_validator("voxel_size")
+    @classmethod
+    def _positive_voxels(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        """A negative or NaN spacing would pass the anisotropy test and cut xz/yz planes of an anisotropic volume."""
+        if value is not None and not all(math.isfinite(v) and v > 0 for v in value):
+            raise ValueError("every voxel size (z, y, x nm) must be a finite number > 0")
+        return value
+
 
 class IngestConfig(Section):
     sources: list[SourceSpec] | str = Field(default_factory=list, description="inline list or path to a YAML/CSV manifest")
@@ -141,7 +150,8 @@ class FilterConfig(Section):
 
 
 class ExportConfig(Section):
-    selection: str | None = Field(None, description="DuckDB SQL WHERE over the `patches` view; default: informative exemplars")
+    selection: str | None = Field(None, description="one boolean DuckDB SQL expression over the `patches` view (a WHERE clause, "
+                                  "no ';' or subquery); default: informative exemplars")
     max_per_dataset: int | None = Field(None, ge=1)
     max_dataset_fraction: float | None = Field(None, gt=0, le=1, description="cap every dataset's share of the export")
     edge_patches: Literal["pad", "resize", "drop"] = Field(
@@ -152,6 +162,13 @@ class ExportConfig(Section):
     shard_size_gb: float | None = Field(None, gt=0)
     num_workers: int | None = Field(None, ge=1, description="DatasetWriter processes; default: all cores")
     name: str = Field("patches", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="output file stem in WORKDIR/export")
+
+    @field_validator("selection")
+    @classmethod
+    def _one_expression(cls, value: str | None) -> str | None:
+        from cem_pipeline.core.selection import check_selection
+
+        return None if value is None else check_selection(value)
 
 
 class CemConfig(Section):

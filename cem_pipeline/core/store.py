@@ -41,6 +41,8 @@ Later stages' access patterns:
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +93,38 @@ def delete_volume(store: Path, array_path: str) -> None:
     root = zarr.open_group(store, mode="a", zarr_format=3)
     if array_path in root:
         del root[array_path]
+
+
+def install_volume(staging: Path, store: Path, array_path: str) -> None:
+    """Move a fully written array from the staging store into `store`, replacing the array there.
+
+    Arrays are built in a staging store and moved in by renames (same filesystem, the workdir), so
+    `store` only ever holds an old complete array, a new complete one, or, after a crash between the
+    two renames, none; never a mix of old and new chunks."""
+    root = zarr.open_group(store, mode="a", zarr_format=3)
+    dataset = array_path.split("/")[0]
+    if dataset not in root:
+        root.create_group(dataset)
+    target = Path(store) / array_path
+    replaced = target.with_name(f".{target.name}.replaced.{os.getpid()}")
+    if target.exists():
+        os.replace(target, replaced)
+    os.replace(Path(staging) / array_path, target)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def volume_complete(store: Path, array_path: str, shape) -> bool:
+    """The array exists with this shape and every chunk was written (ingest writes even empty chunks)."""
+    try:
+        array = zarr.open_array(Path(store) / array_path, mode="r", zarr_format=3)
+    except FileNotFoundError:
+        return False
+    return tuple(array.shape) == tuple(shape) and array.nchunks_initialized == array.nchunks
+
+
+def array_paths(store: Path) -> list[str]:
+    """Every "<dataset>/<key>" array of the store."""
+    if not Path(store).exists():
+        return []
+    root = zarr.open_group(store, mode="r", zarr_format=3)
+    return sorted(f"{d}/{k}" for d in root.group_keys() for k in root[d].array_keys())

@@ -35,6 +35,7 @@ import pyarrow.dataset as ds
 
 from cem_pipeline.core import catalog
 from cem_pipeline.core.atomic import write_text_atomic
+from cem_pipeline.core.freshness import record_inputs
 from cem_pipeline.dedup.kernel import cluster_ordered, group_rng, max_distance
 
 ALGORITHM_VERSION = 1  # bump when a change alters results, so every group recomputes
@@ -203,4 +204,5 @@ def run_dedup(client, workdir: Path, distance: int, rule: str, group_by: Sequenc
         for g in groups
     ]
     rows = client.gather(futures)
+    record_inputs(workdir, STAGE)
     return pd.DataFrame(rows, columns=["part", "group", "patches", "clusters", "computed", "method", "seconds"])

@@ -26,6 +26,7 @@ import pandas as pd
 
 from cem_pipeline.core.catalog import catalog_dir, connect_duckdb, stage_dir
 from cem_pipeline.core.config import ExportConfig
+from cem_pipeline.core.freshness import StaleStageError, require_fresh
 
 
 class ExportError(RuntimeError):
@@ -121,7 +122,12 @@ def cap_per_dataset(rows: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
 
 
 def select_patches(workdir: Path, config: ExportConfig, seed: int) -> Selection:
-    """Rows to export (unsorted), after selection, edge rule and per-dataset caps."""
+    """Rows to export (unsorted), after selection, edge rule and per-dataset caps; refuses stale upstream tables."""
+    for table in ("dedup", "score"):
+        try:
+            require_fresh(workdir, table, "export")
+        except StaleStageError as exc:
+            raise ExportError(str(exc)) from None
     if config.selection:
         where, notes = config.selection, [f"selection: {config.selection}"]
     else:

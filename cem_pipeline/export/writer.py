@@ -35,6 +35,7 @@ import pandas as pd
 from cem_pipeline.core.atomic import atomic_path, write_text_atomic
 from cem_pipeline.core.catalog import stage_dir, write_stage_part
 from cem_pipeline.core.config import CemConfig
+from cem_pipeline.core.freshness import record_inputs
 from cem_pipeline.core.patches import plan_reads
 from cem_pipeline.core.workdir import Workdir
 from cem_pipeline.export.blocks import PatchSource, label_values
@@ -121,6 +122,7 @@ def run_export(config: CemConfig, num_workers: int | None = None) -> ExportResul
         files.append(path)
         counts.append(len(part))
 
+    record_inputs(workdir.root, "export")
     pixels, total, squares = (int(v) for v in totals)
     mean = total / pixels / 255.0
     std = math.sqrt(max(squares / pixels - (total / pixels) ** 2, 0.0)) / 255.0

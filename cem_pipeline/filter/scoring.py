@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from distributed import Client, WorkerPlugin, get_worker
 
-from cem_pipeline.core.catalog import write_stage_part
+from cem_pipeline.core.catalog import stage_dir, write_stage_part
+from cem_pipeline.core.freshness import record_inputs
 from cem_pipeline.core.patches import read_patches
 from cem_pipeline.filter.classifier import normalize, to_input
 from cem_pipeline.filter.protocol import Classifier
@@ -112,6 +113,9 @@ def score_catalog(client: Client, workdir: Path, store: Path, candidates: pd.Dat
     scored = pd.concat(results, ignore_index=True) if results else pd.DataFrame({"patch_id": [], "score": []})
     scored["informative"] = scored["score"] > threshold  # the paper keeps sigmoid > 0.5
     scored = scored.merge(candidates[["patch_id", "dataset"]], on="patch_id", how="left")
-    for dataset, group in scored.groupby("dataset", sort=True):
-        write_stage_part(workdir, "score", str(dataset), group[["patch_id", "score", "informative"]])
+    written = {write_stage_part(workdir, "score", str(dataset), group[["patch_id", "score", "informative"]])
+               for dataset, group in scored.groupby("dataset", sort=True)}
+    for part in set(stage_dir(workdir, "score").glob("*.parquet")) - written:
+        part.unlink()  # a dataset no longer scored (removed from the catalog): its old rows would be stale
+    record_inputs(workdir, "score")
     return scored

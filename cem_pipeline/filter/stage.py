@@ -20,6 +20,7 @@ import pandas as pd
 from cem_pipeline.core.atomic import write_text_atomic
 from cem_pipeline.core.catalog import read_table
 from cem_pipeline.core.config import CemConfig
+from cem_pipeline.core.freshness import StaleStageError, require_fresh
 from cem_pipeline.core.patches import read_patches
 from cem_pipeline.core.workdir import Workdir
 from cem_pipeline.filter.holdout import HoldoutResult
@@ -130,8 +131,8 @@ class FilterRun:
 def run_filter(config: CemConfig, kind: str, weights: Path | None = None, echo: Callable[[str], None] = _quiet) -> FilterRun:
     """Score the filter candidates with classifier `kind` through Dask; write the score table and a kept/dropped montage.
 
-    `weights` defaults to the classifier's default_weights. Raises FilterError (no model, no
-    patches), WeightsError (a file that is not such a model) and ClusterError.
+    `weights` defaults to the classifier's default_weights. Raises FilterError (a stale dedup table, no
+    model, no patches), WeightsError (a file that is not such a model) and ClusterError.
     """
     from cem_pipeline.core.cluster import open_client, worker_resources
     from cem_pipeline.filter.models import classifier_for
@@ -139,6 +140,10 @@ def run_filter(config: CemConfig, kind: str, weights: Path | None = None, echo: 
 
     classifier = classifier_for(kind, config.filter)
     workdir = Workdir(config.workdir).create()
+    try:
+        require_fresh(workdir.root, "dedup", "filter")  # exemplars of an older catalog would leave new patches unscored
+    except StaleStageError as exc:
+        raise FilterError(str(exc)) from None
     path = Path(weights) if weights else classifier.default_weights(workdir.models)
     if not path.exists():
         raise FilterError(f"{path}: no classifier; run `cem train-filter` or pass --weights")

@@ -6,11 +6,17 @@ intensity mapping -> per-block tasks that standardise a chunk-aligned block, wri
 store.zarr, and hash every patch of every plane that starts in it where it lies in the block
 (dhash.hash_tiles: xy/xz patches are views, yz ones come from one transpose of the block (tiling.yz_planes),
 edge patches are enlarged inside the kernel; only patches over 224 px are copied out for dhash_patches)
--> a finalize task that writes the volume's catalog part atomically. The client writes a
-done-marker (WORKDIR/ingest/done/<dataset>/<key>.json) only after that, so a killed run
-leaves at most unmarked volumes, which the next run redoes from scratch (array recreated,
-part rewritten): the result equals an uninterrupted run. Every output is a pure function of
-the inputs, config and seed, so re-runs are identical.
+-> a finalize task that writes the volume's catalog part atomically. Arrays and parts are built in a
+staging area (WORKDIR/ingest/staging.zarr, WORKDIR/ingest/staging/) and moved into store.zarr and
+catalog/ by renames only when the whole volume is done; then the client writes a done-marker
+(WORKDIR/ingest/done/<dataset>/<key>.json) holding the volume's fingerprint (ingest.fingerprint).
+
+Incremental re-runs: a volume is skipped only when its marker is trusted — same fingerprint, catalog
+part present with the marker's row count, array complete; every other volume is recomputed and
+replaces its old array and part. A killed run leaves at most unmarked volumes, which the next run
+redoes: the result equals an uninterrupted run. Arrays, parts and markers of volumes no longer in the
+manifest are removed and listed in the summary. Every output is a pure function of the inputs,
+config and seed, so re-runs are identical.
 
 Any exception for a volume (its reader, its stats, any block) becomes one row of the errors
 table (dataset, file, reason, time); its partial array and catalog part are removed and every
@@ -25,6 +31,8 @@ Parts: catalog/dataset=<name>/<key>.parquet, rows sorted by (axis, slice, y, x).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,16 +43,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cem_pipeline.core.atomic import atomic_path, write_text_atomic
-from cem_pipeline.core.catalog import CATALOG_SCHEMA, catalog_dir, patch_id
+from cem_pipeline.core.catalog import CATALOG_SCHEMA, catalog_dir, patch_id, read_table
 from cem_pipeline.core.config import CemConfig, IngestConfig
+from cem_pipeline.core.freshness import StageState
 from cem_pipeline.core.store import (
+    array_paths,
     create_volume,
     delete_volume,
+    install_volume,
     update_attrs,
+    volume_complete,
     write_region,
 )
 from cem_pipeline.core.workdir import Workdir
 from cem_pipeline.ingest import standardize, tiling
+from cem_pipeline.ingest.fingerprint import volume_fingerprint
 from cem_pipeline.ingest.hashing.stats import moments_from_sums, patch_moments
 from cem_pipeline.sources.items import SourceError, VolumeItem
 from cem_pipeline.sources.manifest import expand_all, specs_of
@@ -59,7 +72,7 @@ class Plan:
     """Everything a block task needs about its volume; small and picklable."""
 
     item: VolumeItem
-    store: str
+    store: str  # the staging store the block tasks write into
     source_shape: tuple[int, int, int]
     dtype: str
     channels: bool
@@ -93,12 +106,52 @@ class Plan:
         }
 
 
-def done_marker(workdir: Workdir, item: VolumeItem) -> Path:
-    return workdir.root / "ingest" / "done" / item.dataset / f"{item.key}.json"
+def done_marker(workdir: Workdir, array_path: str) -> Path:
+    return workdir.root / "ingest" / "done" / f"{array_path}.json"
 
 
-def part_path(workdir: Workdir, item: VolumeItem) -> Path:
-    return catalog_dir(workdir.root) / f"dataset={item.dataset}" / f"{item.key}.parquet"
+def part_path(workdir: Workdir, array_path: str) -> Path:
+    dataset, key = array_path.split("/")
+    return catalog_dir(workdir.root) / f"dataset={dataset}" / f"{key}.parquet"
+
+
+def staging_store(workdir: Workdir) -> Path:
+    return workdir.root / "ingest" / "staging.zarr"
+
+
+def staging_parts(workdir: Workdir) -> Path:
+    return workdir.root / "ingest" / "staging"
+
+
+def staged_part(workdir: Workdir, array_path: str) -> Path:
+    return staging_parts(workdir) / f"{array_path}.parquet"
+
+
+def trusted(workdir: Workdir, array_path: str, fingerprint: str) -> bool:
+    """A done-marker counts only when it has this fingerprint and its part and array are whole."""
+    try:
+        marker = json.loads(done_marker(workdir, array_path).read_text())
+        rows = pq.read_metadata(part_path(workdir, array_path)).num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return (marker.get("fingerprint") == fingerprint and marker.get("rows") == rows
+            and volume_complete(workdir.store, array_path, marker.get("shape", ())))
+
+
+def ingested_arrays(workdir: Workdir) -> set[str]:
+    """Every "<dataset>/<key>" with a marker, a catalog part or a stored array."""
+    markers = {str(p.relative_to(workdir.root / "ingest" / "done").with_suffix("")).replace(os.sep, "/")
+               for p in (workdir.root / "ingest" / "done").glob("*/*.json")}
+    parts = {f"{p.parent.name.removeprefix('dataset=')}/{p.stem}" for p in catalog_dir(workdir.root).glob("dataset=*/*.parquet")}
+    return markers | parts | set(array_paths(workdir.store))
+
+
+def remove_volume(workdir: Workdir, array_path: str) -> None:
+    """Marker first: a crash part-way leaves an unmarked volume, never a trusted marker without data."""
+    done_marker(workdir, array_path).unlink(missing_ok=True)
+    part_path(workdir, array_path).unlink(missing_ok=True)
+    if workdir.store.exists():
+        delete_volume(workdir.store, array_path)
 
 
 def _write_atomic_table(table: pa.Table, path: Path) -> None:
@@ -284,14 +337,16 @@ class IngestSummary:
     ingested: int = 0
     patches: int = 0
     errors: list[SourceError] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
         out = [
             f"datasets: {self.datasets}   volumes: {self.volumes}   already done: {self.skipped}   "
-            f"ingested now: {self.ingested}   errors: {len(self.errors)}",
+            f"ingested now: {self.ingested}   removed: {len(self.removed)}   errors: {len(self.errors)}",
             f"patches written: {self.patches}   time: {self.seconds:.1f} s",
         ]
+        out += [f"  REMOVED {path} (no longer in the manifest)" for path in self.removed]
         out += [f"  ERROR [{e.dataset}] {e.file}: {e.reason}" for e in self.errors]
         return out
 
@@ -305,8 +360,18 @@ def write_errors(workdir: Workdir, errors: list[SourceError]) -> None:
     _write_atomic_table(table, workdir.errors)
 
 
-def _write_marker(workdir: Workdir, item: VolumeItem, rows: int) -> None:
-    write_text_atomic(done_marker(workdir, item), json.dumps({"array": item.array_path, "rows": rows, "files": list(item.files)}))
+def _install(workdir: Workdir, item: VolumeItem, rows: int, fingerprint: str) -> None:
+    """Move the finished volume's staged array and part into place, then mark it done."""
+    import zarr
+
+    staging = staging_store(workdir)
+    shape = list(zarr.open_array(staging / item.array_path, mode="r", zarr_format=3).shape)
+    install_volume(staging, workdir.store, item.array_path)
+    part = part_path(workdir, item.array_path)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged_part(workdir, item.array_path), part)
+    write_text_atomic(done_marker(workdir, item.array_path), json.dumps({
+        "array": item.array_path, "rows": rows, "shape": shape, "files": list(item.files), "fingerprint": fingerprint}))
 
 
 def _submit_volume(client, plan: Plan, workdir: Workdir):
@@ -328,7 +393,7 @@ def _submit_volume(client, plan: Plan, workdir: Workdir):
         mapping = client.submit(mapping_task, plan, bounds, hists, pure=False)
         futures += ranges + [bounds] + hists + [mapping]
     block_futures = [client.submit(block_task, plan, r, mapping, pure=False) for r in regions]
-    final = client.submit(finalize_task, plan, mapping, block_futures, str(part_path(workdir, plan.item)), pure=False)
+    final = client.submit(finalize_task, plan, mapping, block_futures, str(staged_part(workdir, plan.item.array_path)), pure=False)
     return futures + block_futures + [final], final
 
 
@@ -343,6 +408,23 @@ def _reason(exc: BaseException) -> tuple[str | None, str]:
     return None, f"{type(exc).__name__}: {exc}"
 
 
+def ingest_state(config: CemConfig) -> StageState:
+    """Fresh when every manifest volume has a trusted marker and nothing removed from the manifest is left;
+    what `cem ingest` would do now, without doing it."""
+    workdir = Workdir(config.workdir)
+    items, errors = expand_all(specs_of(config.ingest))
+    present = ingested_arrays(workdir)
+    if not present:
+        return StageState("ingest", "missing", {"volumes": len(items)})
+    untrusted = sum(not trusted(workdir, i.array_path, volume_fingerprint(i, config.ingest, config.seed)) for i in items)
+    removed = len(present - {i.array_path for i in items})
+    reasons = ([f"{untrusted} volumes new or changed"] if untrusted else []) + \
+        ([f"{removed} volumes no longer in the manifest"] if removed else [])
+    counts = {"volumes": len(items), "up to date": len(items) - untrusted, "patches": len(read_table(workdir.root, ["patch_id"])),
+              "source errors": len(errors)}
+    return StageState("ingest", "stale" if reasons else "fresh", counts, tuple(reasons))
+
+
 def run_ingest(config: CemConfig, client, progress: bool = True) -> IngestSummary:
     """Ingest every source of the config through `client`; returns the summary (errors included)."""
     from distributed import as_completed
@@ -354,17 +436,25 @@ def run_ingest(config: CemConfig, client, progress: bool = True) -> IngestSummar
     specs = specs_of(settings)
     items, errors = expand_all(specs)
     summary = IngestSummary(datasets=len(specs), volumes=len(items), errors=list(errors))
-    pending = [i for i in items if not done_marker(workdir, i).exists()]
+    summary.removed = sorted(ingested_arrays(workdir) - {i.array_path for i in items})
+    for array_path in summary.removed:
+        remove_volume(workdir, array_path)
+    fingerprints = {i.array_path: volume_fingerprint(i, settings, config.seed) for i in items}
+    pending = [i for i in items if not trusted(workdir, i.array_path, fingerprints[i.array_path])]
+    for item in pending:
+        done_marker(workdir, item.array_path).unlink(missing_ok=True)
     summary.skipped = len(items) - len(pending)
-    store = str(workdir.store)
-    Path(store).parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging_store(workdir), ignore_errors=True)  # what a killed run left half-built
+    shutil.rmtree(staging_parts(workdir), ignore_errors=True)
+    store = str(staging_store(workdir))
 
     owner: dict[str, VolumeItem] = {}
     role: dict[str, str] = {}
     queue = as_completed()
     for item in pending:
         if item.format == "cloudvolume":
-            future = client.submit(cloudvolume_task, item, settings, store, config.seed, str(part_path(workdir, item)), pure=False)
+            future = client.submit(cloudvolume_task, item, settings, store, config.seed, str(staged_part(workdir, item.array_path)),
+                                   pure=False)
             role[future.key] = "final"
         else:
             future = client.submit(probe, item, settings, store, pure=False)
@@ -391,7 +481,8 @@ def run_ingest(config: CemConfig, client, progress: bool = True) -> IngestSummar
             if siblings:
                 client.cancel(siblings)  # they must not write into the array we drop
             delete_volume(Path(store), item.array_path)
-            part_path(workdir, item).unlink(missing_ok=True)
+            staged_part(workdir, item.array_path).unlink(missing_ok=True)
+            remove_volume(workdir, item.array_path)  # its old pixels and rows are stale, not a fallback
             continue
         if kind == "probe":
             plan: Plan = future.result()
@@ -408,7 +499,7 @@ def run_ingest(config: CemConfig, client, progress: bool = True) -> IngestSummar
                 queue.add(f)
         elif kind == "final":
             rows = int(future.result())
-            _write_marker(workdir, item, rows)
+            _install(workdir, item, rows, fingerprints[item.array_path])
             outstanding.pop(item.array_path, None)
             summary.ingested += 1
             summary.patches += rows

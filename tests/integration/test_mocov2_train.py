@@ -34,7 +34,7 @@ def _config(beton: Path, out: Path, **overrides) -> dict:
         "model": {"queue_size": 8, "momentum": 0.99},
         "optim": {"batch_size": 8, "base_lr": 1.0, "epochs": 6},
         "runtime": {"threads": 1, "seed": 3},
-        "output": {"dir": str(out), "save_every": 5, "log_every": 1, "progress": False},
+        "output": {"dir": str(out), "save_every": 5, "log_every": 1, "progress": False, "save_initial": True},
     }
     for section, values in overrides.items():
         config[section] = {**config[section], **values}
@@ -103,6 +103,22 @@ def test_checkpoint_is_the_released_layout(overfit_run: Path) -> None:
     result = net.load_state_dict(encoder_state_dict(checkpoint), strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     assert net.conv1.weight.shape == (64, 1, 7, 7)
+
+
+def test_initial_checkpoint_holds_the_seeded_start(overfit_run: Path) -> None:
+    """checkpoint_0000 is the encoder pre-training started from: the transfer experiment's paired random baseline."""
+    from training.moco.train import build_model, resolve_runtime
+
+    config = parse_moco_config(_config(overfit_run, overfit_run))
+    initial = load_checkpoint(overfit_run / "checkpoint_0000.pth.tar")
+    assert initial["epoch"] == 0 and initial["step"] == 0 and initial["arch"] == "resnet50"
+    seeded = build_model(config, resolve_runtime(config, 0, 1, 0)).encoder_q.state_dict()
+    start = encoder_state_dict(initial, head=True)
+    assert set(start) == set(seeded)
+    for key, value in seeded.items():
+        torch.testing.assert_close(start[key], value, rtol=0, atol=0)
+    trained = encoder_state_dict(load_checkpoint(overfit_run / "checkpoint_0006.pth.tar"), head=True)
+    assert not torch.equal(trained["layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])
 
 
 def test_two_process_gloo_ddp(em_beton: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cem_pipeline.cli import app
@@ -76,3 +77,38 @@ def test_config_show_reports_bad_key(tmp_path):
     result = CliRunner().invoke(app, ["config", "show", str(write(tmp_path, "dedup:\n  distnce: 3\n"))])
     assert result.exit_code == 2
     assert "dedup.distnce" in result.output
+
+
+@pytest.mark.parametrize("voxel", [[40, -5.9, -5.9], [0, 5, 5], [40, ".nan", 5], [".inf", 5, 5]])
+def test_non_positive_or_non_finite_voxel_size_is_rejected(tmp_path, voxel):
+    text = f"ingest:\n  sources:\n    - {{name: a, path: a.tif, voxel_size: [{', '.join(str(v) for v in voxel)}]}}\n"
+    with pytest.raises(ConfigError, match=r"ingest\.sources\.0\.voxel_size: .*finite number > 0"):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("selection", ["is_exemplar AND informative", "dataset IN ('a', 'b') AND h = 224 AND score > 0.5"])
+def test_selection_accepts_one_boolean_expression(selection):
+    assert parse_config({"export": {"selection": selection}}).export.selection == selection
+
+
+@pytest.mark.parametrize("selection, reason", [
+    ("true) UNION (SELECT 1", "one boolean expression"),
+    ("true) LIMIT (1", "one boolean expression"),
+    ("dataset IN (SELECT dataset FROM read_csv('/etc/passwd'))", "subqueries are not allowed"),
+    ("score >", "not a valid SQL expression"),
+])
+def test_selection_rejects_anything_but_one_expression(selection, reason):
+    with pytest.raises(ConfigError, match=rf"export\.selection: .*{reason}"):
+        parse_config({"export": {"selection": selection}})
+
+
+def test_selection_with_statements_writes_no_file(tmp_path):
+    """The attack of issue 14 item 4: DuckDB would run the COPY; the config is refused before any SQL runs."""
+    target = tmp_path / "pwned.csv"
+    selection = f"true; COPY (SELECT 'x') TO '{target}' (FORMAT csv); SELECT * FROM patches WHERE true"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "export": {"selection": selection}}))
+    result = CliRunner().invoke(app, ["export", str(config)])
+    assert result.exit_code == 2
+    assert "export.selection" in result.output and "';'" in result.output
+    assert not target.exists()

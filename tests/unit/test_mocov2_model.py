@@ -245,3 +245,15 @@ def test_shipped_recipes_parse_and_resolve_against_their_folder() -> None:
         config = load_moco_config(path)
         assert config.data.beton.is_relative_to(folder.parents[2])
         assert config.bn_splits(1) >= 1
+
+
+def test_crop_scale_reaches_the_augmentation_and_must_be_an_area_fraction() -> None:
+    from training.moco.train import augment_params
+
+    config = parse_moco_config({"data": {"beton": "x.beton", "crop_size": 64, "crop_scale": [0.05, 0.2]}})
+    params = augment_params(config)
+    assert params.scale == (0.05, 0.2) and params.out_size == 64
+    assert augment_params(parse_moco_config({"data": {"beton": "x.beton"}})).scale == (0.2, 1.0)  # the paper's
+    for bad in ([0.0, 0.5], [0.5, 0.2], [0.2, 1.5]):
+        with pytest.raises(ConfigError, match="crop_scale"):
+            parse_moco_config({"data": {"beton": "x.beton", "crop_scale": bad}})

@@ -27,10 +27,22 @@ class DataConfig(Section):
     crop_size: int = Field(224, ge=32, description="side of the augmented views fed to the network")
     num_workers: int = Field(4, ge=1)
     order: Literal["random", "quasi_random", "sequential"] = "random"
+    crop_scale: tuple[float, float] = Field(
+        (0.2, 1.0), description="RandomResizedCrop area fraction of the patch (paper 0.2-1). At a view smaller than 224 the "
+        "paper's range shows objects 224/crop_size times smaller than the patch's own pixels; (0.2, 1) * (crop_size/224)^2 "
+        "keeps views at the patch's resolution, the scale a segmentation model is later trained and applied at")
     blur_sigma_reference: int | None = Field(
         224, ge=1, description="view side at which the paper's blur sigma U(0.1, 2) px applies; sigma scales with "
         "crop_size / this, so a 64-px view is blurred as much relative to its content as a 224-px one "
         "(null: sigma in output pixels at any crop size, i.e. 3.5x the paper's relative blur at 64 px)")
+
+
+    @model_validator(mode="after")
+    def _scale_is_a_fraction(self) -> "DataConfig":
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"data.crop_scale {list(self.crop_scale)}: need 0 < low <= high <= 1")
+        return self
 
 
 class ModelConfig(Section):
@@ -97,6 +109,9 @@ class RuntimeConfig(Section):
 class OutputConfig(Section):
     dir: Path = Path("mocov2-run")
     save_every: int = Field(10, ge=1, description="checkpoint every N epochs (and always after the last)")
+    save_initial: bool = Field(
+        False, description="also write checkpoint_0000: the seeded weights before the first step, i.e. the random "
+        "encoder this run starts from (a transfer baseline paired with the pre-trained one, free of init luck)")
     log_every: int = Field(10, ge=1, description="write a metrics row every N steps")
     progress: bool = True
     resume: Path | Literal["auto"] | None = Field(

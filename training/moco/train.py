@@ -97,10 +97,10 @@ def require_beton(config: MocoConfig) -> None:
 
 
 def augment_params(config: MocoConfig):
-    """The paper's augmentation at `data.crop_size`, blur sigma scaled to the view size (see DataConfig)."""
+    """The paper's augmentation at `data.crop_size` and `data.crop_scale`, blur sigma scaled to the view size (see DataConfig)."""
     from training.data.augment import MocoAugmentParams
 
-    params = MocoAugmentParams(out_size=config.data.crop_size)
+    params = MocoAugmentParams(out_size=config.data.crop_size, scale=tuple(config.data.crop_scale))
     reference = config.data.blur_sigma_reference
     if reference is None:
         return params
@@ -181,6 +181,30 @@ def _gather_rng(model: MoCo, augment: TwoViewAugment, rt: Runtime) -> list[dict[
     return states
 
 
+def _save(config: MocoConfig, model: MoCo, optimizer: torch.optim.Optimizer, augment: TwoViewAugment, norms: list[float],
+          rt: Runtime, epoch: int, step: int) -> None:
+    """Checkpoint after `epoch` epochs (0: the seeded initial weights) in the released layout; every rank takes part."""
+    rng = _gather_rng(model, augment, rt)
+    if rt.is_main:
+        save_checkpoint(
+            checkpoint_path(config.output.dir, epoch),
+            {
+                "epoch": epoch,
+                "arch": config.model.arch,
+                "state_dict": released_state_dict(model),
+                "optimizer": optimizer.state_dict(),
+                "norms": norms,
+                "scheduler": {"kind": config.optim.schedule, "epoch": epoch, "lr": learning_rate(config, epoch)},
+                "step": step,
+                "loader": {"seed": config.runtime.seed, "next_epoch": epoch},
+                "rng": rng,
+                "config": dump_moco_config(config),
+            },
+        )
+    if rt.world > 1:
+        dist.barrier()
+
+
 def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict[str, Any]:
     """Run (or resume) pre-training in this process; returns the final epoch, step and last logged metrics."""
     if config.runtime.threads:
@@ -220,6 +244,8 @@ def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0
         except KeyError as exc:
             raise CheckpointError(f"{source}: {exc.args[0]}") from None
     loader.set_epoch(start_epoch)
+    if source is None and config.output.save_initial:
+        _save(config, model, optimizer, augment, norms, rt, 0, 0)
 
     if config.runtime.compile:
         model.encoder_q.compile()
@@ -279,25 +305,7 @@ def train(config: MocoConfig, rank: int = 0, world: int = 1, local_rank: int = 0
                 collapsed_at = epoch if collapsed_at is None else collapsed_at
             stop = bool(reasons) and monitor.stop_on_collapse
             if (epoch + 1) % config.output.save_every == 0 or epoch + 1 == config.optim.epochs or stop:
-                rng = _gather_rng(model, augment, rt)
-                if rt.is_main:
-                    save_checkpoint(
-                        checkpoint_path(config.output.dir, epoch + 1),
-                        {
-                            "epoch": epoch + 1,
-                            "arch": config.model.arch,
-                            "state_dict": released_state_dict(model),
-                            "optimizer": optimizer.state_dict(),
-                            "norms": norms,
-                            "scheduler": {"kind": config.optim.schedule, "epoch": epoch + 1, "lr": learning_rate(config, epoch + 1)},
-                            "step": step,
-                            "loader": {"seed": config.runtime.seed, "next_epoch": epoch + 1},
-                            "rng": rng,
-                            "config": dump_moco_config(config),
-                        },
-                    )
-                if world > 1:
-                    dist.barrier()
+                _save(config, model, optimizer, augment, norms, rt, epoch + 1, step)
             if stop:
                 return {"epoch": epoch + 1, "step": step, "collapsed_at": collapsed_at, **last}
     finally:
