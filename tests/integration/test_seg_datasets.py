@@ -36,8 +36,28 @@ def test_lucchi_layout_masks_divided_by_255(tmp_path):
     assert np.array_equal(bench.train_masks[1], truth) and set(np.unique(truth)) == {0, 1}
 
     write_png(tmp_path / "Train_Out" / "2.png", np.full((40, 48), 128, dtype=np.uint8))
-    with pytest.raises(DatasetError, match=r"Train_Out/2\.png: divide255 masks must hold only 0 and 255"):
+    with pytest.raises(DatasetError, match=r"Train_Out/2\.png: divide255 masks must hold only 0 and 255.*mask_encoding: threshold"):
         load_benchmark(config)
+
+
+def test_anti_aliased_masks_are_thresholded(tmp_path):
+    """Annotation tools export 0/255 masks with a few intermediate values on every edge: divide255 rejects
+    them, `threshold` maps value > mask_threshold to foreground."""
+    binary = np.zeros((40, 48), dtype=np.uint8)
+    binary[10:30, 12:36] = 255
+    aliased = binary.copy()
+    aliased[10, 12:36], aliased[29, 12:36], aliased[9, 12:36] = 200, 140, 60  # edge rows: two inside, one outside
+    for split in ("Train", "Test"):
+        write_png(tmp_path / f"{split}_In" / "0.png", RNG.integers(0, 256, (40, 48), dtype=np.uint8))
+        write_png(tmp_path / f"{split}_Out" / "0.png", aliased)
+    split_folders = dict(train={"images": "Train_In", "masks": "Train_Out"}, eval={"images": "Test_In", "masks": "Test_Out"})
+    with pytest.raises(DatasetError, match="divide255"):
+        load_benchmark(DataConfig(layout="folders2d", root=str(tmp_path), mask_encoding="divide255", **split_folders))
+    bench = load_benchmark(DataConfig(layout="folders2d", root=str(tmp_path), mask_encoding="threshold", **split_folders))
+    assert np.array_equal(bench.train_masks[0], binary // 255)
+    strict = load_benchmark(DataConfig(layout="folders2d", root=str(tmp_path), mask_encoding="threshold", mask_threshold=150,
+                                       **split_folders))
+    assert strict.train_masks[0][29].sum() == 0 and strict.train_masks[0][10].sum() == 24
 
 
 def test_perez_layout(tmp_path):

@@ -20,7 +20,7 @@ from cem_pipeline.core.config import (
 )
 
 Layout = Literal["folders2d", "guay", "urocell", "cremi"]
-MaskEncoding = Literal["identity", "nonzero", "divide255", "zero_is_foreground"]
+MaskEncoding = Literal["identity", "nonzero", "divide255", "zero_is_foreground", "threshold"]
 
 
 def resolve_path(value: str | Path) -> Path:
@@ -43,7 +43,9 @@ class DataConfig(Section):
     root: str
     train: Split2D | None = Field(None, description="folders2d: training split")
     eval: Split2D | None = Field(None, description="folders2d: validation/test split")
-    mask_encoding: MaskEncoding = Field("nonzero", description="folders2d: how mask pixels map to class indices")
+    mask_encoding: MaskEncoding = Field("nonzero", description="folders2d: how mask pixels map to class indices "
+                                        "(threshold: foreground where value > mask_threshold, for anti-aliased masks)")
+    mask_threshold: int = Field(127, ge=0, le=254, description="mask_encoding threshold: the largest background value")
     train_volumes: list[str] = Field(default_factory=list, description="3D layouts: volume names used for training")
     eval_volumes: list[str] = Field(default_factory=list, description="3D layouts: volume names evaluated")
     train_slice_axes: list[Literal[0, 1, 2]] = Field(default_factory=lambda: [0], description="3D: axes sliced into 2D training images")

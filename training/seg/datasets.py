@@ -93,7 +93,9 @@ def read_image(path: Path) -> np.ndarray:
     return array
 
 
-def encode_mask(mask: np.ndarray, encoding: str, origin: str) -> np.ndarray:
+def encode_mask(mask: np.ndarray, encoding: str, origin: str, threshold: int = 127) -> np.ndarray:
+    """Class indices from stored mask pixels. `threshold` (value > threshold is foreground) is for masks
+    exported with anti-aliased edges, which divide255 rejects rather than guess."""
     if encoding == "identity":
         if mask.min() < 0 or mask.max() > 255:
             raise DatasetError(f"{origin}: class indices must be 0-255, got {mask.min()}-{mask.max()}")
@@ -102,9 +104,13 @@ def encode_mask(mask: np.ndarray, encoding: str, origin: str) -> np.ndarray:
         return (mask > 0).astype(np.uint8)
     if encoding == "zero_is_foreground":
         return (mask == 0).astype(np.uint8)
+    if encoding == "threshold":
+        return (mask > threshold).astype(np.uint8)
     values = np.unique(mask)
     if not set(values.tolist()) <= {0, 255}:
-        raise DatasetError(f"{origin}: divide255 masks must hold only 0 and 255, found {values[:10].tolist()}")
+        raise DatasetError(f"{origin}: divide255 masks must hold only 0 and 255, found {values[:10].tolist()} "
+                           f"({len(values)} distinct values); for anti-aliased edges use mask_encoding: threshold "
+                           f"(foreground = value > mask_threshold, default 127)")
     return (mask // 255).astype(np.uint8)
 
 
@@ -117,7 +123,7 @@ def _list_images(folder: Path) -> list[Path]:
     return files
 
 
-def load_split2d(root: Path, split: Split2D, encoding: str) -> list[EvalItem]:
+def load_split2d(root: Path, split: Split2D, encoding: str, threshold: int = 127) -> list[EvalItem]:
     images = _list_images(root / split.images)
     masks = _list_images(root / split.masks) if split.masks else None
     if masks is not None and len(masks) != len(images):
@@ -128,7 +134,7 @@ def load_split2d(root: Path, split: Split2D, encoding: str) -> list[EvalItem]:
         image = to_uint8(read_image(images[i]))
         mask = None
         if masks is not None:
-            mask = encode_mask(read_image(masks[i]), encoding, str(masks[i]))
+            mask = encode_mask(read_image(masks[i]), encoding, str(masks[i]), threshold)
             if mask.shape != image.shape:
                 raise DatasetError(f"{masks[i]}: mask shape {mask.shape} != image shape {image.shape} ({images[i].name})")
         items.append(EvalItem(images[i].stem, image, mask))
@@ -206,13 +212,13 @@ def load_benchmark(config: DataConfig, train: bool = True, evaluate: bool = True
     bench = Benchmark()
     if config.layout == "folders2d":
         if train and config.train is not None:
-            items = load_split2d(root, config.train, config.mask_encoding)
+            items = load_split2d(root, config.train, config.mask_encoding, config.mask_threshold)
             if any(item.mask is None for item in items):
                 raise DatasetError(f"{root / config.train.images}: training split needs masks")
             bench.train_images = [item.image for item in items]
             bench.train_masks = [item.mask for item in items]
         if evaluate and config.eval is not None:
-            bench.eval_items = load_split2d(root, config.eval, config.mask_encoding)
+            bench.eval_items = load_split2d(root, config.eval, config.mask_encoding, config.mask_threshold)
         return bench
 
     def load(name: str) -> EvalItem:
