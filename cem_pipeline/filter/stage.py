@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,7 @@ from cem_pipeline.core.freshness import StaleStageError, require_fresh
 from cem_pipeline.core.patches import read_patches
 from cem_pipeline.core.workdir import Workdir
 from cem_pipeline.filter.holdout import HoldoutResult
-from cem_pipeline.filter.label_app.server import LabelSession, make_server
+from cem_pipeline.filter.label_app.server import LabelServer, LabelSession, make_server
 from cem_pipeline.filter.labels import import_labels, read_labels, training_targets
 from cem_pipeline.filter.report import count_table, kept_dropped_montage, roc_png
 from cem_pipeline.filter.selection import filter_candidates
@@ -57,12 +56,12 @@ class LabelPage:
     """A labelling server bound but not yet serving; the caller runs server.serve_forever and closes it."""
 
     session: LabelSession
-    server: ThreadingHTTPServer
+    server: LabelServer
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/"
+        """The page's address with its session token: the only way to label through it."""
+        return self.server.url
 
 
 def open_label_page(config: CemConfig, port: int | None = None) -> LabelPage:

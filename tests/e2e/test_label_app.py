@@ -31,7 +31,7 @@ def served(tmp_path, cdeep3m_volume):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield workdir, session, f"http://127.0.0.1:{server.server_address[1]}"
+        yield workdir, session, f"http://127.0.0.1:{server.port}", server.token
     finally:
         server.shutdown()
         server.server_close()
@@ -44,14 +44,15 @@ def _get(url: str):
         return json.loads(body) if response.headers["Content-Type"] == "application/json" else body
 
 
-def _post(url: str, payload: dict):
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+def _post(url: str, payload: dict, token: str, **headers: str):
+    request = urllib.request.Request(url, json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json", "X-CEM-Token": token, **headers})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
 def test_api_serves_exemplars_records_labels_and_resumes(served):
-    workdir, session, base = served
+    workdir, session, base, token = served
     assert session.note.endswith("dedup exemplars of 224 patches") and len(session.candidates) == 178
     batch = _get(f"{base}/api/batch?n=5")
     assert batch["labelled"] == 0 and batch["target"] == 50 and len(batch["patches"]) == 5
@@ -61,17 +62,17 @@ def test_api_serves_exemplars_records_labels_and_resumes(served):
     png = Image.open(io.BytesIO(_get(f"{base}/patch/{ids[0]}.png")))
     assert png.size == (64, 64) and np.asarray(png).std() > 0
 
-    state = _post(f"{base}/api/label", {"patch_id": ids[0], "label": "informative"})
-    state = _post(f"{base}/api/label", {"patch_id": ids[1], "label": "uninformative"})
-    state = _post(f"{base}/api/label", {"patch_id": ids[2], "label": "skip"})
-    state = _post(f"{base}/api/label", {"patch_id": ids[1], "label": "informative"})  # relabel replaces
+    state = _post(f"{base}/api/label", {"patch_id": ids[0], "label": "informative"}, token)
+    state = _post(f"{base}/api/label", {"patch_id": ids[1], "label": "uninformative"}, token)
+    state = _post(f"{base}/api/label", {"patch_id": ids[2], "label": "skip"}, token)
+    state = _post(f"{base}/api/label", {"patch_id": ids[1], "label": "informative"}, token)  # relabel replaces
     assert state["labelled"] == 2 and state["counts"] == {"informative": 2, "uninformative": 0, "skip": 1}
     labels = read_labels(workdir.labels)
     assert dict(zip(labels["patch_id"].astype(str), labels["label"])) == {
         ids[0]: "informative", ids[1]: "informative", ids[2]: "skip"}
 
     with pytest.raises(urllib.error.HTTPError) as error:
-        _post(f"{base}/api/label", {"patch_id": ids[3], "label": "maybe"})
+        _post(f"{base}/api/label", {"patch_id": ids[3], "label": "maybe"}, token)
     assert error.value.code == 400
     with pytest.raises(urllib.error.HTTPError) as error:
         _get(f"{base}/patch/12345.png")
@@ -83,8 +84,34 @@ def test_api_serves_exemplars_records_labels_and_resumes(served):
 
 
 def test_server_listens_on_loopback_only(served):
-    _, session, base = served
+    _, session, base, _ = served
     assert base.startswith("http://127.0.0.1:")
+
+
+def test_cross_site_and_rebinding_requests_are_refused(served):
+    """What a page on another site can make a local browser send: a form's text/plain POST, a JSON POST
+    with a foreign Origin, a DNS-rebinding request with another Host, a POST without the token."""
+    workdir, session, base, token = served
+    patch_id = str(session.candidates["patch_id"].iloc[0])
+    body = json.dumps({"patch_id": patch_id, "label": "informative"}).encode()
+    attempts = [
+        ({"Content-Type": "text/plain", "X-CEM-Token": token}, 415),
+        ({"Content-Type": "application/json", "X-CEM-Token": token, "Origin": "http://evil.example"}, 403),
+        ({"Content-Type": "application/json", "X-CEM-Token": token, "Host": "evil.example"}, 403),
+        ({"Content-Type": "application/json"}, 403),
+        ({"Content-Type": "application/json", "X-CEM-Token": token + "x"}, 403),
+    ]
+    for headers, status in attempts:
+        request = urllib.request.Request(f"{base}/api/label", body, headers)
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(request, timeout=30)
+        assert error.value.code == status, headers
+    assert read_labels(workdir.labels).empty
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/state", headers={"Host": "rebound.example:80"}), timeout=30)
+    assert error.value.code == 403
+    same_origin = {"Origin": base, "Host": base.removeprefix("http://")}
+    assert _post(f"{base}/api/label", {"patch_id": patch_id, "label": "informative"}, token, **same_origin)["labelled"] == 1
 
 
 @pytest.mark.browser
@@ -95,7 +122,7 @@ def test_labelling_page_in_headless_chromium(served, tmp_path):
         pytest.skip("/usr/bin/chromium not installed (CEM_WITH_BROWSER=1 deploy/setup.sh)")
     from playwright.sync_api import sync_playwright
 
-    workdir, session, base = served
+    workdir, session, base, token = served
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -104,7 +131,7 @@ def test_labelling_page_in_headless_chromium(served, tmp_path):
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(base + "/")
+            page.goto(f"{base}/?token={token}")
             page.wait_for_selector("body[data-ready='1']")
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth === 64)")

@@ -2,6 +2,8 @@
 // when every tile on it has a decision. Patch ids are strings (int64 does not fit a JS number).
 "use strict";
 const PAGE = 24;
+// the server refuses label POSTs without the token of the URL `cem label` printed
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const KEYS = { i: "informative", "1": "informative", u: "uninformative", "2": "uninformative", s: "skip", "3": "skip" };
 let tiles = [];
 let focus = 0;
@@ -43,7 +45,7 @@ async function label(index, value) {
   pending += 1;
   const response = await fetch("/api/label", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", "X-CEM-Token": TOKEN },
     body: JSON.stringify({ patch_id: tile.id, label: value }),
   });
   pending -= 1;

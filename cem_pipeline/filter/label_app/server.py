@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,8 +75,40 @@ class LabelSession:
         return self.state()
 
 
+class LabelServer(ThreadingHTTPServer):
+    """The page's server: one session and a per-server token that every label POST must carry.
+
+    Binding to loopback does not stop a web page from elsewhere: a browser on this machine sends its
+    cross-site POSTs (a form's text/plain, or a DNS-rebinding page whose Host is another name) to 127.0.0.1
+    too. So every request must name this server as Host, and a POST must be JSON, come from this origin
+    (when the browser says), and carry the token that only the URL printed by `cem label` knows.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, session: LabelSession, port: int):
+        super().__init__((HOST, port), _Handler)
+        self.session = session
+        self.token = secrets.token_urlsafe(16)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/?token={self.token}"
+
+    def allowed_hosts(self) -> set[str]:
+        return {f"{HOST}:{self.port}", f"localhost:{self.port}"}
+
+
 class _Handler(BaseHTTPRequestHandler):
-    session: LabelSession
+    server: LabelServer
+
+    @property
+    def session(self) -> LabelSession:
+        return self.server.session
 
     def log_message(self, format: str, *args) -> None:  # keep the terminal for the progress line
         return
@@ -91,7 +124,28 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, payload, status: int = HTTPStatus.OK) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
 
+    def _refused(self) -> bool:
+        """Answer 403/415 and return True for a request that is not from this page."""
+        if self.headers.get("Host") not in self.server.allowed_hosts():
+            self._json({"error": "Host header does not name this server"}, HTTPStatus.FORBIDDEN)
+            return True
+        if self.command != "POST":
+            return False
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.removeprefix("http://") not in self.server.allowed_hosts():
+            self._json({"error": f"cross-origin request from {origin} refused"}, HTTPStatus.FORBIDDEN)
+            return True
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            self._json({"error": "labels are accepted as application/json only"}, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+            return True
+        if not secrets.compare_digest(self.headers.get("X-CEM-Token") or "", self.server.token):
+            self._json({"error": "missing or wrong session token (open the URL `cem label` printed)"}, HTTPStatus.FORBIDDEN)
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._refused():
+            return
         url = urlparse(self.path)
         if url.path in STATIC_FILES:
             name, content_type = STATIC_FILES[url.path]
@@ -112,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 
     def do_POST(self) -> None:
+        if self._refused():
+            return
         if urlparse(self.path).path != "/api/label":
             self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
             return
@@ -124,9 +180,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
 
 
-def make_server(session: LabelSession, port: int) -> ThreadingHTTPServer:
+def make_server(session: LabelSession, port: int) -> LabelServer:
     """A server bound to 127.0.0.1:port (0 = any free port); the caller runs serve_forever and closes it."""
-    handler = type("LabelHandler", (_Handler,), {"session": session})
-    server = ThreadingHTTPServer((HOST, port), handler)
-    server.daemon_threads = True
-    return server
+    return LabelServer(session, port)
