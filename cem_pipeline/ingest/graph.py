@@ -416,13 +416,31 @@ def ingest_state(config: CemConfig) -> StageState:
     present = ingested_arrays(workdir)
     if not present:
         return StageState("ingest", "missing", {"volumes": len(items)})
-    untrusted = sum(not trusted(workdir, i.array_path, volume_fingerprint(i, config.ingest, config.seed)) for i in items)
+    untrusted = [i for i in items if not trusted(workdir, i.array_path, volume_fingerprint(i, config.ingest, config.seed))]
+    failed = failed_since_changed(workdir, untrusted)
+    changed = len(untrusted) - len(failed)
     removed = len(present - {i.array_path for i in items})
-    reasons = ([f"{untrusted} volumes new or changed"] if untrusted else []) + \
+    reasons = ([f"{changed} volumes new or changed"] if changed else []) + \
         ([f"{removed} volumes no longer in the manifest"] if removed else [])
-    counts = {"volumes": len(items), "up to date": len(items) - untrusted, "patches": len(read_table(workdir.root, ["patch_id"])),
-              "source errors": len(errors)}
+    counts = {"volumes": len(items), "up to date": len(items) - len(untrusted), "patches": len(read_table(workdir.root, ["patch_id"])),
+              "failed (errors.parquet)": len(failed), "source errors": len(errors)}
     return StageState("ingest", "stale" if reasons else "fresh", counts, tuple(reasons))
+
+
+def failed_since_changed(workdir: Workdir, items: list[VolumeItem]) -> list[VolumeItem]:
+    """Items whose last ingest failed (a row of errors.parquet) and whose files are unchanged since: a re-run
+    retries them but they are not news, so `cem status` reports them as failed rather than stale."""
+    if not workdir.errors.exists():
+        return []
+    table = pq.read_table(workdir.errors, columns=["dataset", "file", "time"]).to_pylist()
+    failed_at = {(row["dataset"], row["file"]): row["time"].timestamp() for row in table}
+    out = []
+    for item in items:
+        times = [failed_at[item.dataset, f] for f in (*item.files, item.source) if (item.dataset, f) in failed_at]
+        newest = max((os.stat(f).st_mtime for f in item.files if os.path.exists(f)), default=0.0)
+        if times and max(times) >= newest:
+            out.append(item)
+    return out
 
 
 def run_ingest(config: CemConfig, client, progress: bool = True) -> IngestSummary:

@@ -124,3 +124,23 @@ def test_status_after_a_source_changes(tmp_path, client):
     run_ingest(config, client, progress=False)
     assert _status(config_path)[:2] == [["ingest", "fresh"], ["dedup", "stale"]]
     assert table_state(config.workdir, "dedup").reasons == ("computed from an older catalog",)
+
+
+def test_status_reports_a_failed_source_as_failed_until_its_file_changes(tmp_path, client):
+    """Right after a run with a bad source, ingest is fresh (the failure is known, errors.parquet names it);
+    once the bad file is replaced, the re-run has news to process: stale."""
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (300, 300), dtype=np.uint8)).save(good)
+    bad.write_text("not an image")
+    data = {"workdir": str(tmp_path / "work"),
+            "ingest": {"sources": [{"name": "good", "path": str(good)}, {"name": "bad", "path": str(bad)}]}}
+    config = parse_config(data)
+    summary = run_ingest(config, client, progress=False)
+    assert len(summary.errors) == 1
+    state = ingest_state(config)
+    assert state.state == "fresh" and state.counts["failed (errors.parquet)"] == 1 and state.counts["up to date"] == 1
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 300), dtype=np.uint8)).save(bad)
+    state = ingest_state(config)
+    assert state.state == "stale" and state.reasons == ("1 volumes new or changed",)
+    assert state.counts["failed (errors.parquet)"] == 0
