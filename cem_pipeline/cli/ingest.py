@@ -20,10 +20,12 @@ def register(app: typer.Typer) -> None:
         from cem_pipeline.core.config import ConfigError
         from cem_pipeline.core.workdir import Workdir
         from cem_pipeline.ingest.graph import run_ingest
+        from cem_pipeline.sources.manifest import specs_of
 
         cfg = config_or_exit(config)
         workdir = Workdir(cfg.workdir).create()
         try:
+            specs_of(cfg.ingest)  # a bad manifest fails here, before a cluster is started
             with workdir_locked(workdir.root, "ingest"), open_client(cfg.cluster, workdir.logs / "jobs") as client:
                 summary = run_ingest(cfg, client, progress=progress)
         except (ClusterError, ConfigError) as exc:

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from cem_pipeline.core.config import ConfigError, IngestConfig, SourceSpec
+from cem_pipeline.core.config import ConfigError, IngestConfig, SourceSpec, describe_errors
 from cem_pipeline.sources.items import SourceError, VolumeItem
 from cem_pipeline.sources.readers import (
     CLOUD_PREFIXES,
@@ -74,8 +75,8 @@ def load_manifest(path: str | Path) -> list[SourceSpec]:
     for index, entry in enumerate(entries):
         try:
             spec = SourceSpec.model_validate(entry)
-        except Exception as exc:
-            raise ConfigError(f"{path}: source {index + 1}: {exc}") from None
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, SourceSpec, f"{path}: source {index + 1}")) from None
         specs.append(spec.model_copy(update={"path": _absolute(spec.path, path.parent)}))
     return specs
 

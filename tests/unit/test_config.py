@@ -112,3 +112,15 @@ def test_selection_with_statements_writes_no_file(tmp_path):
     assert result.exit_code == 2
     assert "export.selection" in result.output and "';'" in result.output
     assert not target.exists()
+
+
+def test_manifest_file_with_unknown_key_fails_before_any_cluster_starts(tmp_path):
+    """The same message quality as an inline source (file, source number, key, allowed keys), and no cluster:
+    a typo must not cost a SLURM allocation."""
+    (tmp_path / "m.yaml").write_text("- name: a\n  path: a.png\n  colour: red\n")
+    config = write(tmp_path, f"workdir: {tmp_path / 'w'}\ningest: {{sources: {tmp_path / 'm.yaml'}}}\n")
+    result = CliRunner().invoke(app, ["ingest", str(config), "--no-progress"])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'm.yaml'}: source 1: unknown key 'colour'; allowed keys here: " in result.output
+    assert "voxel_size" in result.output and "pydantic" not in result.output
+    assert not (tmp_path / "w" / "logs" / "jobs").exists() and not (tmp_path / "w" / ".cem.lock").exists()
