@@ -326,9 +326,14 @@ class TransferRun:
 
     def curate(self) -> dict[str, dict[str, Any]] | None:
         """Both exports' identity (beton, sidecar JSON, rows) by corpus; None in a dry run that would curate."""
+        from cem_pipeline.ingest.fingerprint import volume_fingerprint
+        from cem_pipeline.sources.manifest import expand_all, specs_of
+
         corpora = self.experiment.corpora
-        sources = corpora["curated"].ingest.sources
-        inputs = {"manifest_sha256": file_sha256(Path(sources)) if isinstance(sources, str) else None}
+        pipeline = corpora["curated"]
+        items, _ = expand_all(specs_of(pipeline.ingest))
+        # ingest's own per-volume fingerprints: a source file rewritten, added or removed changes them
+        inputs = {"volumes": sorted(volume_fingerprint(i, pipeline.ingest, pipeline.seed) for i in items)}
         unit = Unit("curate", self.out / "curate", {c: corpora[c].model_dump(mode="json") for c in CORPORA}, inputs)
 
         def intact(done: dict[str, Any]) -> bool:

@@ -6,6 +6,8 @@ task override redoes only that task's fine-tunes, a dropped seed removes its fol
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
 from pathlib import Path
 
@@ -32,8 +34,12 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 def experiment_files(root: Path, em: Path) -> Path:
     """The pipeline, MoCo and seg configs of the tiny experiment; returns the experiment YAML."""
+    slices = root / "slices"  # copies, so that a test can rewrite a source file
+    slices.mkdir()
+    for name in ("images.010.png", "images.011.png"):
+        shutil.copy(em / CDEEP3M / "training/images" / name, slices / name)
     sources = write_yaml(root / "sources.yaml", [
-        {"name": "cdeep3m-train", "path": str(em / CDEEP3M / "training/images/images.01[01].png")},
+        {"name": "cdeep3m-train", "path": str(slices / "images.01[01].png")},
         {"name": "isbi-test", "path": str(em / ISBI / "test/image/[01].png")},
     ])
     write_yaml(root / "cem.yaml", {
@@ -151,6 +157,15 @@ def test_reruns_are_incremental(first_run: dict, shared_em: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert {r["settings"]["train"]["iterations"] for r in results["finetune"]} == {3}
     assert results["pretrain"] == first_run["results"]["pretrain"]
+
+    # a source file rewritten in place (same name and manifest): curate and everything after it would redo
+    source = config.parent / "slices" / "images.011.png"
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 1_000_000_000))
+    dry = CliRunner().invoke(app, ["experiment", "transfer", str(config), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "redo    curate (fingerprint changed)" in dry.output
+    assert all(f"pending {name}" in dry.output for name in names["pretrain"])
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns - 1_000_000_000))
 
     write_yaml(config, experiment_settings(shared_em, seeds=[0], iterations=3))
     dropped = run_transfer(load_experiment(config), log=lambda line: None)
