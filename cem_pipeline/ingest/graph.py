@@ -408,22 +408,44 @@ def _reason(exc: BaseException) -> tuple[str | None, str]:
     return None, f"{type(exc).__name__}: {exc}"
 
 
+@dataclass
+class IngestPlan:
+    """What `cem ingest` has to do now: the manifest's volumes, those to (re)compute, those to remove."""
+
+    datasets: int  # the manifest's sources
+    items: list[VolumeItem]
+    errors: list[SourceError]  # sources the manifest names but that cannot be expanded
+    fingerprints: dict[str, str]  # array_path -> volume fingerprint
+    pending: list[VolumeItem]  # no trusted marker: new, changed, incomplete or failed last time
+    removed: list[str]  # array paths in the workdir that the manifest no longer names
+    present: bool  # the workdir holds any ingested volume
+
+
+def plan_ingest(config: CemConfig, workdir: Workdir) -> IngestPlan:
+    """The one decision both `cem ingest` (which acts on it) and `cem status` (which reports it) take."""
+    specs = specs_of(config.ingest)
+    items, errors = expand_all(specs)
+    fingerprints = {i.array_path: volume_fingerprint(i, config.ingest, config.seed) for i in items}
+    pending = [i for i in items if not trusted(workdir, i.array_path, fingerprints[i.array_path])]
+    present = ingested_arrays(workdir)
+    removed = sorted(present - {i.array_path for i in items})
+    return IngestPlan(len(specs), items, list(errors), fingerprints, pending, removed, bool(present))
+
+
 def ingest_state(config: CemConfig) -> StageState:
     """Fresh when every manifest volume has a trusted marker and nothing removed from the manifest is left;
     what `cem ingest` would do now, without doing it."""
     workdir = Workdir(config.workdir)
-    items, errors = expand_all(specs_of(config.ingest))
-    present = ingested_arrays(workdir)
-    if not present:
-        return StageState("ingest", "missing", {"volumes": len(items)})
-    untrusted = [i for i in items if not trusted(workdir, i.array_path, volume_fingerprint(i, config.ingest, config.seed))]
-    failed = failed_since_changed(workdir, untrusted)
-    changed = len(untrusted) - len(failed)
-    removed = len(present - {i.array_path for i in items})
+    plan = plan_ingest(config, workdir)
+    if not plan.present:
+        return StageState("ingest", "missing", {"volumes": len(plan.items)})
+    failed = failed_since_changed(workdir, plan.pending)
+    changed = len(plan.pending) - len(failed)
     reasons = ([f"{changed} volumes new or changed"] if changed else []) + \
-        ([f"{removed} volumes no longer in the manifest"] if removed else [])
-    counts = {"volumes": len(items), "up to date": len(items) - len(untrusted), "patches": len(read_table(workdir.root, ["patch_id"])),
-              "failed (errors.parquet)": len(failed), "source errors": len(errors)}
+        ([f"{len(plan.removed)} volumes no longer in the manifest"] if plan.removed else [])
+    counts = {"volumes": len(plan.items), "up to date": len(plan.items) - len(plan.pending),
+              "patches": len(read_table(workdir.root, ["patch_id"])), "failed (errors.parquet)": len(failed),
+              "source errors": len(plan.errors)}
     return StageState("ingest", "stale" if reasons else "fresh", counts, tuple(reasons))
 
 
@@ -451,17 +473,14 @@ def run_ingest(config: CemConfig, client, progress: bool = True) -> IngestSummar
     started = time.perf_counter()
     workdir = Workdir(config.workdir).create()
     settings = config.ingest
-    specs = specs_of(settings)
-    items, errors = expand_all(specs)
-    summary = IngestSummary(datasets=len(specs), volumes=len(items), errors=list(errors))
-    summary.removed = sorted(ingested_arrays(workdir) - {i.array_path for i in items})
-    for array_path in summary.removed:
+    plan = plan_ingest(config, workdir)
+    pending, fingerprints = plan.pending, plan.fingerprints
+    summary = IngestSummary(datasets=plan.datasets, volumes=len(plan.items), errors=list(plan.errors), removed=plan.removed)
+    for array_path in plan.removed:
         remove_volume(workdir, array_path)
-    fingerprints = {i.array_path: volume_fingerprint(i, settings, config.seed) for i in items}
-    pending = [i for i in items if not trusted(workdir, i.array_path, fingerprints[i.array_path])]
     for item in pending:
         done_marker(workdir, item.array_path).unlink(missing_ok=True)
-    summary.skipped = len(items) - len(pending)
+    summary.skipped = len(plan.items) - len(pending)
     shutil.rmtree(staging_store(workdir), ignore_errors=True)  # what a killed run left half-built
     shutil.rmtree(staging_parts(workdir), ignore_errors=True)
     store = str(staging_store(workdir))
