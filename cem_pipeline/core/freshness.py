@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cem_pipeline.core.atomic import write_text_atomic
@@ -76,53 +77,77 @@ def changed_inputs(workdir: Path, table: str) -> list[str]:
     return [name for name, value in current_inputs(workdir, table).items() if recorded.get(name) != value]
 
 
-def _ids(frame: pd.DataFrame | None) -> set[int]:
-    return set() if frame is None else set(frame["patch_id"].tolist())
+class _Tables:
+    """The catalog's patch_ids and each stage table, read once per check (a check of export needs dedup's
+    and score's states, and score's own needs dedup's again); ids as sorted unique int64 arrays, since a
+    catalog of millions of patches makes Python sets slow and large."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.catalog = np.unique(read_table(self.workdir, ["patch_id"])["patch_id"].to_numpy(np.int64))
+        self._frames: dict[str, pd.DataFrame | None] = {}
+        self._states: dict[str, StageState] = {}
+
+    def frame(self, table: str) -> pd.DataFrame | None:
+        if table not in self._frames:
+            self._frames[table] = read_stage(self.workdir, table)
+        return self._frames[table]
+
+    def expected(self, table: str) -> np.ndarray | None:
+        """The patch_ids a table must have a row for; None when it covers a subset (export: the selection)."""
+        if table == "dedup":
+            return self.catalog
+        if table == "score":
+            dedup = self.frame("dedup")
+            if dedup is None:
+                return self.catalog
+            exemplars = dedup["patch_id"].to_numpy(np.int64)[dedup["is_exemplar"].fillna(False).to_numpy(bool)]
+            return np.intersect1d(self.catalog, exemplars)
+        return None
+
+    def state(self, table: str) -> StageState:
+        if table not in self._states:
+            self._states[table] = self._judge(table)
+        return self._states[table]
+
+    def _judge(self, table: str) -> StageState:
+        frame = self.frame(table)
+        stage = STAGE_COMMANDS[table]
+        if frame is None:
+            return StageState(stage, "missing")
+        ids = np.unique(frame["patch_id"].to_numpy(np.int64))
+        counts = {"rows": len(frame)}
+        reasons = [f"computed from an older {name}" for name in changed_inputs(self.workdir, table)]
+        orphans = len(np.setdiff1d(ids, self.catalog, assume_unique=True))
+        if orphans:
+            reasons.append(f"{orphans} rows for patches no longer in the catalog")
+        expected = self.expected(table)
+        if expected is not None:
+            counts["expected"] = len(expected)
+            uncovered = len(np.setdiff1d(expected, ids, assume_unique=True))
+            if uncovered:
+                reasons.append(f"{uncovered} catalog patches have no row")
+        for upstream in UPSTREAM[table]:
+            if self.state(upstream).state == "stale":
+                reasons.append(f"upstream {STAGE_COMMANDS[upstream]} is stale")
+        return StageState(stage, "stale" if reasons else "fresh", counts, tuple(reasons))
 
 
-def expected_ids(workdir: Path, table: str, catalog_ids: set[int]) -> set[int] | None:
-    """The patch_ids a table must have a row for; None when it covers a subset (export: the selection)."""
-    if table == "dedup":
-        return catalog_ids
-    if table == "score":
-        dedup = read_stage(workdir, "dedup")
-        return catalog_ids if dedup is None else catalog_ids & _ids(dedup[dedup["is_exemplar"].fillna(False).astype(bool)])
-    return None
-
-
-def table_state(workdir: Path, table: str, catalog_ids: set[int] | None = None) -> StageState:
+def table_state(workdir: Path, table: str) -> StageState:
     """State of one stage table (dedup, score or export) against the catalog and its upstream tables."""
-    catalog_ids = _ids(read_table(workdir, ["patch_id"])) if catalog_ids is None else catalog_ids
-    frame = read_stage(workdir, table)
-    stage = STAGE_COMMANDS[table]
-    if frame is None:
-        return StageState(stage, "missing")
-    ids = _ids(frame)
-    counts = {"rows": len(frame)}
-    reasons = [f"computed from an older {name}" for name in changed_inputs(workdir, table)]
-    orphans = len(ids - catalog_ids)
-    if orphans:
-        reasons.append(f"{orphans} rows for patches no longer in the catalog")
-    expected = expected_ids(workdir, table, catalog_ids)
-    if expected is not None:
-        counts["expected"] = len(expected)
-        uncovered = len(expected - ids)
-        if uncovered:
-            reasons.append(f"{uncovered} catalog patches have no row")
-    for upstream in UPSTREAM[table]:
-        if table_state(workdir, upstream, catalog_ids).state == "stale":
-            reasons.append(f"upstream {STAGE_COMMANDS[upstream]} is stale")
-    return StageState(stage, "stale" if reasons else "fresh", counts, tuple(reasons))
+    return _Tables(workdir).state(table)
 
 
 def downstream_states(workdir: Path) -> list[StageState]:
-    catalog_ids = _ids(read_table(workdir, ["patch_id"]))
-    return [table_state(workdir, table, catalog_ids) for table in STAGE_COMMANDS]
+    tables = _Tables(workdir)
+    return [tables.state(table) for table in STAGE_COMMANDS]
 
 
-def require_fresh(workdir: Path, table: str, consumer: str) -> None:
+def require_fresh(workdir: Path, tables: str | tuple[str, ...], consumer: str) -> None:
     """Refuse to build on a stale stage table; a missing one is the consumer's business (it falls back)."""
-    state = table_state(workdir, table)
-    if state.state == "stale":
-        raise StaleStageError(f"{consumer}: stage '{table}' ({stage_dir(workdir, table)}) is stale: {'; '.join(state.reasons)}; "
-                              f"re-run `cem {state.stage}` first")
+    checked = _Tables(workdir)
+    for table in (tables,) if isinstance(tables, str) else tables:
+        state = checked.state(table)
+        if state.state == "stale":
+            raise StaleStageError(f"{consumer}: stage '{table}' ({stage_dir(workdir, table)}) is stale: "
+                                  f"{'; '.join(state.reasons)}; re-run `cem {state.stage}` first")

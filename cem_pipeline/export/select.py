@@ -123,11 +123,10 @@ def cap_per_dataset(rows: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
 
 def select_patches(workdir: Path, config: ExportConfig, seed: int) -> Selection:
     """Rows to export (unsorted), after selection, edge rule and per-dataset caps; refuses stale upstream tables."""
-    for table in ("dedup", "score"):
-        try:
-            require_fresh(workdir, table, "export")
-        except StaleStageError as exc:
-            raise ExportError(str(exc)) from None
+    try:
+        require_fresh(workdir, ("dedup", "score"), "export")
+    except StaleStageError as exc:
+        raise ExportError(str(exc)) from None
     if config.selection:
         where, notes = config.selection, [f"selection: {config.selection}"]
     else:
