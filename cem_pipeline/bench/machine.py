@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from pathlib import Path
+
+from cem_pipeline.core.cpu import cpu_model_and_flags
 
 # flags that change which kernel runs or how fast: AVX-512 VNNI + VBMI select the integer dHash kernel
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_vbmi", "avx512_bf16", "amx_bf16")
@@ -14,22 +15,6 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_vbmi",
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = path.read_text()
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and value.strip():
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
 
 
 def _version(module: str) -> str:
@@ -47,7 +32,7 @@ def _vnni_kernel_used() -> bool:
 
 def machine_info() -> dict:
     """The facts above as a JSON-able dict (load average at the time of the call)."""
-    model, flags = _cpuinfo()
+    model, flags = cpu_model_and_flags()
     try:
         import llvmlite.binding as llvm
 

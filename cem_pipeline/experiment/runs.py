@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 from cem_pipeline.core.atomic import write_text_atomic
 from cem_pipeline.core.config import CemConfig
+from cem_pipeline.core.cpu import cpu_model_and_flags
 from cem_pipeline.core.lock import WorkdirBusy, WorkdirLock
 from cem_pipeline.experiment.config import CONDITIONS, CORPORA, RECOMMENDED_SEEDS, Experiment, moco_config, seg_config
 from cem_pipeline.experiment.table import render_markdown, task_summary
@@ -161,13 +162,7 @@ def git_state() -> dict[str, Any]:
 def machine_info(experiment: Experiment, moco_threads: int | None) -> dict[str, Any]:
     import torch
 
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                model = value.strip()
-                break
+    model, _ = cpu_model_and_flags()
     seg_threads = {task.name: task.settings.get("train", {}).get("threads") for task in experiment.tasks}
     return {
         "cpu_model": model,
