@@ -104,22 +104,14 @@ def display_path(path: Path, output_dir: Path) -> str:
 
 
 def final_epoch_summary(run_dir: Path) -> dict[str, float | None]:
-    """Means over the last epoch's rows of metrics.csv (as training/moco/experiments/learn/epochs.py),
-    and that epoch's k-NN accuracy, plus the last step."""
+    """The last epoch's means of metrics.csv and its k-NN accuracy, plus the last step."""
+    from training.moco.metrics import epoch_means
+
+    means = epoch_means(run_dir, SUMMARY_COLUMNS)
+    last = means[max(means)] if means else {}
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {name: None for name in (*SUMMARY_COLUMNS, "knn_acc")} | {"steps": 0}
-    last = max(int(row["epoch"]) for row in rows)
-    epoch_rows = [row for row in rows if int(row["epoch"]) == last]
-    summary: dict[str, float | None] = {}
-    for name in SUMMARY_COLUMNS:
-        values = [float(row[name]) for row in epoch_rows if row.get(name)]
-        summary[name] = sum(values) / len(values) if values else None
-    knn = [float(row["knn_acc"]) for row in epoch_rows if row.get("knn_acc")]
-    summary["knn_acc"] = knn[-1] if knn else None
-    summary["steps"] = max(int(row["step"]) for row in rows)
-    return summary
+        steps = max((int(row["step"]) for row in csv.DictReader(f)), default=0)
+    return {name: last.get(name) for name in (*SUMMARY_COLUMNS, "knn_acc")} | {"steps": steps}
 
 
 @contextlib.contextmanager

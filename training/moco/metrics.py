@@ -92,3 +92,18 @@ class MetricsLogger:
         if self.enabled:
             self._file.close()
             self._tb.close()
+
+
+def epoch_means(directory: Path, columns: Iterable[str]) -> dict[int, dict[str, float]]:
+    """Per epoch of DIRECTORY/metrics.csv: the mean of each column over its logged steps, and the epoch's
+    last k-NN accuracy as `knn_acc`; a column with no value in an epoch is left out of it."""
+    sums: dict[int, dict[str, list[float]]] = {}
+    with open(Path(directory) / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            epoch = sums.setdefault(int(row["epoch"]), {})
+            for name in (*columns, "knn_acc"):
+                if row.get(name):
+                    epoch.setdefault(name, []).append(float(row[name]))
+    return {epoch: {name: values[-1] if name == "knn_acc" else sum(values) / len(values) for name, values in found.items()}
+            for epoch, found in sums.items()}
+
